@@ -1,0 +1,1 @@
+"""Harness: scripts that compute ground truth from the real libraries for the planner's tests."""

@@ -1,0 +1,60 @@
+"""Named coefficients of the model, loaded from ``data/calibration/*.json``.
+
+Each coefficient says where its value comes from and whether it was fitted to our own
+measurements (``calibrated``) or is a cited default. Plans report which is which.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from planner.catalog import data_dir
+from planner.errors import PlannerError
+
+
+class Coefficient(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    value: float
+    unit: str
+    source: str
+    calibrated: bool = False
+
+
+class Calibration(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    fitted: bool
+    description: str = ""
+    coefficients: dict[str, Coefficient]
+    residuals: dict[str, float] | None = None
+
+    def value(self, name: str) -> float:
+        return self.coefficients[name].value
+
+    def bytes(self, name: str) -> int:
+        return int(self.coefficients[name].value)
+
+    def sources(self) -> dict[str, bool]:
+        """Coefficient name -> whether it was fitted to measurements."""
+        return {k: c.calibrated for k, c in self.coefficients.items()}
+
+
+REQUIRED = ("cuda_context_bytes", "allocator_reserve_fraction", "host_process_bytes", "load_shard_bytes", "save_shard_bytes")
+
+
+@cache
+def load_calibration(name: str = "default") -> Calibration:
+    path = data_dir() / "calibration" / f"{name}.json"
+    try:
+        cal = Calibration(**json.loads(path.read_text()))
+    except OSError:
+        raise PlannerError(f"no calibration {name!r} in {path.parent}") from None
+    missing = [k for k in REQUIRED if k not in cal.coefficients]
+    if missing:
+        raise PlannerError(f"calibration {name!r} lacks {', '.join(missing)}")
+    return cal

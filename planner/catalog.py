@@ -1,0 +1,162 @@
+"""Loads and looks up the catalog in ``data/``: architectures, GPUs, instances.
+
+Everything is validated by pydantic when first loaded and cached for the process. Lookups are
+case-insensitive, accept aliases, and fail with a "did you mean" suggestion.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from functools import cache
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from planner.errors import PlannerError
+from planner.schemas import Architecture, Gpu, Instance
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+
+
+def data_dir() -> Path:
+    """``$PLANNER_DATA_DIR``, else the wheel's bundled copy, else the checkout's ``data/``."""
+    env = os.environ.get("PLANNER_DATA_DIR")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_data", here.parent / "data"):
+        if candidate.is_dir():
+            return candidate
+    raise PlannerError("cannot find the catalog folder data/ (set PLANNER_DATA_DIR)")
+
+
+def _norm(name: str) -> str:
+    return name.strip().lower().replace("_", "-").replace(" ", "-")
+
+
+T = TypeVar("T", bound=BaseModel)
+
+
+def _lookup(kind: str, name: str, index: dict[str, T]) -> T:
+    key = _norm(name)
+    if key in index:
+        return index[key]
+    close = difflib.get_close_matches(key, list(index), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise PlannerError(f"unknown {kind} {name!r}{hint} (see `plan list {kind}s`)")
+
+
+def _index(records: list[T], names: Callable[[T], list[str]]) -> dict[str, T]:
+    out: dict[str, T] = {}
+    for rec in records:
+        for n in names(rec):
+            key = _norm(n)
+            if key in out and out[key] is not rec:
+                raise ValueError(f"catalog name {n!r} is used twice")
+            out[key] = rec
+    return out
+
+
+# --- architectures -----------------------------------------------------------------------------
+
+
+def architecture_from_config(fields: dict, *, name: str, source: str | None = None) -> Architecture:
+    """Validate a ``config.json`` dict as a supported architecture (raises PlannerError)."""
+    meta = fields.get("_catalog", {})
+    model_type = fields.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise PlannerError(
+            f"{name}: model_type {model_type!r} is not supported (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+        )
+    try:
+        return Architecture(
+            **{k: v for k, v in fields.items() if k not in ("name", "hf_id", "aliases", "source", "_catalog")},
+            name=meta.get("name", name),
+            hf_id=meta.get("hf_id"),
+            aliases=meta.get("aliases", []),
+            source=meta.get("source", source),
+        )
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        raise PlannerError(f"{name}: invalid config.json field {where}: {err['msg']}") from None
+
+
+@cache
+def architectures() -> tuple[Architecture, ...]:
+    folder = data_dir() / "architectures"
+    return tuple(
+        architecture_from_config(json.loads(p.read_text()), name=p.stem, source=str(p))
+        for p in sorted(folder.glob("*.json"))
+    )
+
+
+@cache
+def _arch_index() -> dict[str, Architecture]:
+    return _index(list(architectures()), lambda a: [a.name, *([a.hf_id] if a.hf_id else []), *a.aliases])
+
+
+def load_config_file(path: Path) -> Architecture:
+    """Read a user's ``config.json`` (or a folder holding one)."""
+    if path.is_dir():
+        path = path / "config.json"
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise PlannerError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        fields = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PlannerError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(fields, dict):
+        raise PlannerError(f"{path}: a config.json must hold a JSON object")
+    return architecture_from_config(fields, name=fields.get("_name_or_path") or str(path), source=str(path))
+
+
+def find_model(name: str) -> Architecture:
+    """An alias (``7b``), a catalog name, an HF id, or a path to a ``config.json``."""
+    key = _norm(name)
+    if key in _arch_index():
+        return _arch_index()[key]
+    if name.endswith(".json") or Path(name).exists():
+        return load_config_file(Path(name))
+    return _lookup("model", name, _arch_index())
+
+
+# --- hardware ----------------------------------------------------------------------------------
+
+
+@cache
+def gpus() -> tuple[Gpu, ...]:
+    return tuple(Gpu(**r) for r in json.loads((data_dir() / "gpus.json").read_text()))
+
+
+@cache
+def instances() -> tuple[Instance, ...]:
+    recs = tuple(Instance(**r) for r in json.loads((data_dir() / "instances.json").read_text()))
+    known = {g.id for g in gpus()}
+    for r in recs:
+        if r.gpu not in known:
+            raise ValueError(f"instance {r.id} names unknown GPU {r.gpu!r}")
+    return recs
+
+
+@cache
+def _gpu_index() -> dict[str, Gpu]:
+    return _index(list(gpus()), lambda g: [g.id, *g.aliases])
+
+
+@cache
+def _instance_index() -> dict[str, Instance]:
+    return _index(list(instances()), lambda i: [i.id, *i.aliases])
+
+
+def find_gpu(name: str) -> Gpu:
+    return _lookup("gpu", name, _gpu_index())
+
+
+def find_instance(name: str) -> Instance:
+    return _lookup("instance", name, _instance_index())

@@ -1,0 +1,167 @@
+"""The ``plan`` command: thin option parsing; everything else lives in planner.plan/render.
+
+Errors in the input print one line on stderr and exit 2; "does not fit" is a result (exit 0).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Literal, Optional
+
+import click
+import typer
+from pydantic import ValidationError
+
+from planner import catalog
+from planner.errors import PlannerError
+from planner.formulas.params import max_lora_rank
+from planner.spec import DeepSpeedConfig, TrainingSpec, parse_targets
+
+app = typer.Typer(
+    add_completion=False,
+    invoke_without_command=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Plan the memory (and later time and cost) of fine-tuning an LLM before renting GPUs.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _console():  # imported lazily: rich is not needed for --json
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 160)
+
+
+@app.callback()
+def plan(
+    ctx: typer.Context,
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Alias (7b, 13b, 70b = Llama 2), catalog name, HF id, or path to a config.json."),
+    method: Literal["full", "lora", "qlora"] = typer.Option("lora", "--method", case_sensitive=False),
+    instance: Optional[str] = typer.Option(None, "--instance", "-i", help="Cloud instance type, e.g. p4de.24xlarge."),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="GPU model, e.g. a100-80gb (instead of --instance)."),
+    gpus: Optional[int] = typer.Option(None, "--gpus", min=1, help="GPUs per node with --gpu (default 1)."),
+    nodes: int = typer.Option(1, "--nodes", min=1),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Micro batch per GPU."),
+    seq_len: int = typer.Option(512, "--seq-len", "-s", min=1),
+    grad_accum: int = typer.Option(1, "--grad-accum", min=1),
+    zero: int = typer.Option(3, "--zero", min=0, max=3, help="DeepSpeed ZeRO stage 0-3."),
+    offload: Literal["none", "optimizer", "all"] = typer.Option("optimizer", "--offload", case_sensitive=False),
+    grad_ckpt: bool = typer.Option(True, "--grad-ckpt/--no-grad-ckpt"),
+    attention: Literal["eager", "sdpa", "flash"] = typer.Option("sdpa", "--attention", case_sensitive=False),
+    precision: Literal["bf16-mixed", "amp-bf16", "bf16", "fp16-mixed", "fp32"] = typer.Option("bf16-mixed", "--precision", case_sensitive=False),
+    optimizer: Literal["adamw", "adamw8bit", "sgd"] = typer.Option("adamw", "--optimizer", case_sensitive=False),
+    lora_rank: int = typer.Option(8, "--lora-rank", "-r", min=1),
+    lora_alpha: float = typer.Option(16.0, "--lora-alpha"),
+    lora_dropout: float = typer.Option(0.05, "--lora-dropout"),
+    lora_targets: str = typer.Option("all-linear", "--lora-targets", help="all-linear, all (+ embed_tokens, lm_head), or a comma list."),
+    modules_to_save: str = typer.Option("", "--modules-to-save", help="Comma list, e.g. embed_tokens,lm_head."),
+    added_tokens: int = typer.Option(0, "--added-tokens", min=0, help="Tokens added to the vocabulary (the seed: 4)."),
+    adapter_dtype: Literal["fp32", "bf16", "fp16"] = typer.Option("fp32", "--adapter-dtype", case_sensitive=False, help="dtype of the saved adapter (peft default fp32)."),
+    save_embedding_layers: Literal["auto", "full", "rows", "none"] = typer.Option("auto", "--save-embedding-layers", case_sensitive=False),
+    double_quant: bool = typer.Option(True, "--double-quant/--no-double-quant", help="QLoRA double quantization."),
+    calibration: str = typer.Option("default", "--calibration", help="Name of a data/calibration/*.json file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON (raw integer bytes)."),
+) -> None:
+    """Plan memory per GPU and per node, the largest micro batch that fits, and checkpoint sizes.
+
+    Subcommand: `plan list models|gpus|instances`.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if model is None:
+        raise PlannerError("missing --model (e.g. --model 70b); see `plan --help`")
+    from planner.calibration import load_calibration
+    from planner.plan import build_plan
+
+    arch = catalog.find_model(model)
+    if instance and gpu:
+        raise PlannerError("give either --instance or --gpu, not both")
+    if instance:
+        if gpus is not None:
+            raise PlannerError("--gpus goes with --gpu; an instance brings its own GPU count")
+        inst = catalog.find_instance(instance)
+        the_gpu, per_node = catalog.find_gpu(inst.gpu), inst.gpu_count
+    elif gpu:
+        inst, the_gpu, per_node = None, catalog.find_gpu(gpu), gpus or 1
+    else:
+        raise PlannerError("missing hardware: give --instance NAME or --gpu NAME [--gpus N]")
+
+    targets = parse_targets(lora_targets)
+    try:
+        spec = TrainingSpec(
+            method=method.lower(),
+            precision=precision.lower(),
+            optimizer=optimizer.lower(),
+            micro_batch_size=batch_size,
+            seq_len=seq_len,
+            grad_accum=grad_accum,
+            grad_ckpt=grad_ckpt,
+            attention=attention.lower(),
+            zero_stage=zero,
+            offload=offload.lower(),
+            gpus_per_node=per_node,
+            nodes=nodes,
+            lora_rank=lora_rank,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            lora_targets=targets,
+            modules_to_save=parse_targets(modules_to_save),
+            added_tokens=added_tokens,
+            adapter_dtype=adapter_dtype.lower(),
+            save_embedding_layers=save_embedding_layers.lower(),
+            qlora_double_quant=double_quant,
+            deepspeed=DeepSpeedConfig(),
+        )
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        msg = err["msg"].removeprefix("Value error, ")
+        raise PlannerError(msg) from None
+    if spec.method != "full":
+        limit = max_lora_rank(arch, spec.lora_targets)
+        if spec.lora_rank > limit:
+            raise PlannerError(f"--lora-rank {spec.lora_rank} is larger than the smallest targeted layer dimension ({limit}) of {arch.name}")
+    result = build_plan(arch, spec, the_gpu, inst, load_calibration(calibration))
+    if as_json:
+        sys.stdout.write(result.model_dump_json(indent=2) + "\n")
+    else:
+        from planner.render import render_plan
+
+        render_plan(result, _console())
+
+
+@app.command("list")
+def list_catalog(what: Literal["models", "gpus", "instances"] = typer.Argument(..., case_sensitive=False)) -> None:
+    """List the catalog: models, gpus or instances."""
+    from planner import render
+
+    console = _console()
+    if what == "models":
+        render.render_models(catalog.architectures(), console)
+    elif what == "gpus":
+        render.render_gpus(catalog.gpus(), console)
+    else:
+        render.render_instances(catalog.instances(), console)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: maps every input error to one line on stderr and exit code 2."""
+    try:
+        rv = app(args=argv, prog_name="plan", standalone_mode=False)
+    except click.exceptions.UsageError as exc:
+        msg = exc.format_message()
+        print(f"plan: error: {msg}", file=sys.stderr)
+        return 2
+    except (PlannerError, click.ClickException) as exc:
+        print(f"plan: error: {exc}", file=sys.stderr)
+        return 2
+    except click.exceptions.Abort:
+        print("plan: aborted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    return rv if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""Activation memory from an explicit inventory of what autograd saves.
+
+Every entry names one tensor that a backward node keeps, for one op of the Hugging Face
+implementation (transformers ``modeling_llama.py``: LlamaDecoderLayer, LlamaRMSNorm,
+LlamaAttention with ``eager_attention_forward`` / ``sdpa_attention_forward`` /
+``flash_attention_forward``, LlamaMLP; the loss is ``ForCausalLMLoss``; LoRA is peft's
+``lora.Linear.forward``). PyTorch saves an input of an op only when the gradient it serves is
+needed (autograd codegen saves ``self`` for ``mul`` only if ``other`` requires grad), so what
+exists depends on which weights are trainable. Shapes: b micro batch, s sequence, h hidden,
+i intermediate, a heads, k key/value heads, d head dim, r LoRA rank, V vocab, T = b*s tokens.
+
+NB: tensors below ~1 MiB (RoPE cos/sin, position ids, per-row norm statistics) are left out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.formulas.dtypes import Dtypes
+from planner.formulas.params import layer_linears, vocab
+from planner.schemas import Architecture
+from planner.spec import LAYER_LINEARS, TrainingSpec
+
+MASK_BYTES = 1  # torch.bool dropout mask kept by native_dropout's backward
+
+
+@dataclass(frozen=True)
+class Saved:
+    """One saved (or transient) tensor: what it is and its bytes for the whole micro batch."""
+
+    name: str
+    bytes: int
+
+
+def _trainable_linears(spec: TrainingSpec) -> set[str]:
+    return set(LAYER_LINEARS) if spec.method == "full" else set()
+
+
+def _lora_targets(spec: TrainingSpec) -> set[str]:
+    return set() if spec.method == "full" else set(spec.lora_targets)
+
+
+def _input_group(
+    prefix: str,
+    consumers: list[str],
+    in_features: int,
+    x_bytes: int,
+    spec: TrainingSpec,
+    dt: Dtypes,
+    tokens: int,
+) -> list[Saved]:
+    """What the linears reading one input X (b, s, in) keep of it.
+
+    * a trainable weight keeps X for its weight gradient (``addmm`` saves ``mat1``);
+    * a LoRA target keeps what ``lora_A`` reads: with dropout its own dropped copy of X plus a
+      bool mask per target (``nn.Dropout`` per adapter), with dropout 0 X itself; ``lora_B``
+      keeps ``lora_A``'s output (T x r);
+    * a frozen weight keeps nothing of X (its input gradient needs only the weight).
+    Under autocast with a wider X (fp32 residual stream) every consumer casts X to bf16 and
+    keeps its own cast; otherwise consumers share the one tensor X.
+    """
+    trainable = [c for c in consumers if c in _trainable_linears(spec)]
+    targets = [c for c in consumers if c in _lora_targets(spec)]
+    x_numel = tokens * in_features
+    cast = x_bytes != dt.act
+    out: list[Saved] = []
+    shared_users = list(trainable)
+    for t in targets:
+        if spec.lora_dropout > 0:
+            out.append(Saved(f"{prefix}.{t}.lora_dropout_mask", MASK_BYTES * x_numel))
+            kept = dt.act if cast else x_bytes
+            out.append(Saved(f"{prefix}.{t}.lora_dropout_out", kept * x_numel))
+        else:
+            shared_users.append(t)
+        out.append(Saved(f"{prefix}.{t}.lora_A_out", dt.act * tokens * spec.lora_rank))
+    if shared_users:
+        if cast:
+            out.extend(Saved(f"{prefix}.{u}.input_cast", dt.act * x_numel) for u in shared_users)
+        else:
+            out.append(Saved(f"{prefix}.input", x_bytes * x_numel))
+    return out
+
+
+def _rms_norm(prefix: str, trainable: bool, dt: Dtypes, tokens: int, h: int) -> list[Saved]:
+    """LlamaRMSNorm: ``x.to(fp32).pow(2)`` keeps the fp32 input; ``weight * x_hat`` keeps
+    ``x_hat`` (in the input dtype) only when the weight is trainable."""
+    out = [Saved(f"{prefix}.fp32_input", 4 * tokens * h)]
+    if trainable:
+        out.append(Saved(f"{prefix}.normalized", dt.resid * tokens * h))
+    return out
+
+
+def _attention_core(arch: Architecture, spec: TrainingSpec, dt: Dtypes) -> list[Saved]:
+    b, s = spec.micro_batch_size, spec.seq_len
+    a, kv, d = arch.num_attention_heads, arch.kv_heads, arch.head_size
+    tokens = b * s
+    q = dt.act * tokens * a * d
+    if spec.attention == "eager":
+        # repeat_kv expands k, v to a heads; matmul(q, k^T) keeps q and k; softmax(dtype=fp32)
+        # keeps its fp32 output; .to(bf16) makes the probabilities that matmul(p, v) keeps with v.
+        out = [
+            Saved("attn.q_rope", q),
+            Saved("attn.k_repeated", q),
+            Saved("attn.v_repeated", q),
+            Saved("attn.softmax_fp32", 4 * b * a * s * s),
+        ]
+        if dt.act != 4:
+            out.append(Saved("attn.probs", dt.act * b * a * s * s))
+        return out
+    if spec.attention == "sdpa":
+        # transformers repeats k/v for SDPA when a padding mask is passed; the
+        # memory-efficient kernel keeps q, k, v, its output and the fp32 logsumexp.
+        return [
+            Saved("attn.q_rope", q),
+            Saved("attn.k_repeated", q),
+            Saved("attn.v_repeated", q),
+            Saved("attn.sdpa_out", q),
+            Saved("attn.logsumexp", 4 * b * a * s),
+        ]
+    # flash-attention 2 reads grouped k/v directly (no repeat) and keeps out and softmax_lse.
+    kvb = dt.act * tokens * kv * d
+    return [
+        Saved("attn.q_rope", q),
+        Saved("attn.k_rope", kvb),
+        Saved("attn.v", kvb),
+        Saved("attn.flash_out", q),
+        Saved("attn.softmax_lse", 4 * b * a * s),
+    ]
+
+
+def layer_inventory(arch: Architecture, spec: TrainingSpec, dt: Dtypes) -> list[Saved]:
+    """Everything one decoder layer keeps from its forward for its backward (no checkpointing)."""
+    tokens = spec.tokens_per_micro_batch
+    h, i = arch.hidden_size, arch.intermediate_size
+    ad = arch.num_attention_heads * arch.head_size
+    full = spec.method == "full"
+    out: list[Saved] = []
+    out += _rms_norm("input_norm", full, dt, tokens, h)
+    out += _input_group("qkv", ["q_proj", "k_proj", "v_proj"], h, dt.resid, spec, dt, tokens)
+    out += _attention_core(arch, spec, dt)
+    # transpose(1, 2).contiguous() makes a fresh (b, s, a*d) tensor for o_proj.
+    out += _input_group("o", ["o_proj"], ad, dt.act, spec, dt, tokens)
+    out += _rms_norm("post_attention_norm", full, dt, tokens, h)
+    out += _input_group("gate_up", ["gate_proj", "up_proj"], h, dt.resid, spec, dt, tokens)
+    # down_proj(act_fn(gate) * up): SiLU keeps its input, mul keeps both factors.
+    out += [
+        Saved("mlp.gate_out", dt.act * tokens * i),
+        Saved("mlp.silu_out", dt.act * tokens * i),
+        Saved("mlp.up_out", dt.act * tokens * i),
+    ]
+    out += _input_group("down", ["down_proj"], i, dt.act, spec, dt, tokens)
+    if spec.precision == "amp-bf16":
+        # Autocast casts each fp32 weight to bf16 for F.linear, and linear keeps the cast for
+        # the input gradient (cached for trainable leaves, torch/csrc/autograd autocast cache).
+        wn = sum(s.weight_numel for s in layer_linears(arch).values())
+        out.append(Saved("autocast_weight_casts", dt.act * wn))
+    return out
+
+
+def layer_checkpoint_input(arch: Architecture, spec: TrainingSpec, dt: Dtypes) -> Saved:
+    """With gradient checkpointing a layer keeps only its input hidden states."""
+    return Saved("layer_input", dt.resid * spec.tokens_per_micro_batch * arch.hidden_size)
+
+
+def model_level_saved(arch: Architecture, spec: TrainingSpec, dt: Dtypes) -> list[Saved]:
+    """Outside the layers: ids, attention mask, final norm, lm_head input, logits, log-probs."""
+    b, s = spec.micro_batch_size, spec.seq_len
+    tokens = b * s
+    h, v = arch.hidden_size, vocab(arch, spec.added_tokens)
+    out = [Saved("input_ids", 8 * tokens)]
+    if spec.attention == "eager":
+        out.append(Saved("causal_mask", dt.resid * b * s * s))  # additive float mask (b, 1, s, s)
+    elif spec.attention == "sdpa":
+        out.append(Saved("causal_mask", 1 * b * s * s))  # boolean mask (b, 1, s, s)
+    out += _rms_norm("final_norm", spec.method == "full", dt, tokens, h)
+    if spec.method == "full" or "lm_head" in spec.modules_to_save:
+        out.append(Saved("lm_head.input", dt.resid * tokens * h))
+    elif "lm_head" in spec.lora_targets:
+        out += _input_group("lm_head", ["lm_head"], h, dt.resid, spec, dt, tokens)
+    if spec.method != "full" and "embed_tokens" in spec.lora_targets:
+        # peft lora.Embedding: lora_embedding_B's matmul keeps the (T, r) lookup of A.
+        out.append(Saved("embed_tokens.lora_A_out", dt.act * tokens * spec.lora_rank))
+    # The model returns bf16 logits (kept by the training loop's ``outputs``); ForCausalLMLoss
+    # upcasts to fp32 and cross_entropy's log_softmax keeps its fp32 output.
+    out.append(Saved("logits", dt.act * tokens * v))
+    out.append(Saved("log_softmax_fp32", 4 * tokens * v))
+    return out
+
+
+def loss_forward_transient(arch: Architecture, spec: TrainingSpec, dt: Dtypes) -> int:
+    """``logits.float()``: a fp32 copy alive while the loss is computed (none if already fp32)."""
+    return 0 if dt.act == 4 else 4 * spec.tokens_per_micro_batch * vocab(arch, spec.added_tokens)
+
+
+def loss_backward_transient(arch: Architecture, spec: TrainingSpec) -> int:
+    """First backward ops: nll_loss's dense fp32 gradient and log_softmax_backward's fp32 output."""
+    return 8 * spec.tokens_per_micro_batch * vocab(arch, spec.added_tokens)
+
+
+def layer_backward_transient(arch: Architecture, spec: TrainingSpec, dt: Dtypes) -> int:
+    """Activation gradients alive inside one layer's backward.
+
+    The residual-stream gradient and the one being accumulated (2 x T x h), plus the largest
+    of: the MLP's three (T x i) gradients of gate/SiLU/up, or the attention's — for eager the
+    probability gradient in bf16 plus two fp32 (b, a, s, s) softmax gradients, for fused kernels
+    the q/k/v gradients.
+    """
+    b, s = spec.micro_batch_size, spec.seq_len
+    tokens = b * s
+    a, d = arch.num_attention_heads, arch.head_size
+    mlp = 3 * dt.act * tokens * arch.intermediate_size
+    if spec.attention == "eager":
+        attn = (dt.act + 8) * b * a * s * s
+    else:
+        attn = 3 * dt.act * tokens * a * d
+    return 2 * dt.resid * tokens * arch.hidden_size + max(mlp, attn)
+
+
+def total(items: list[Saved]) -> int:
+    return sum(x.bytes for x in items)

@@ -1,0 +1,62 @@
+"""Bytes per element of each kind of tensor under each precision mode."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.spec import Optimizer, Precision
+
+
+@dataclass(frozen=True)
+class Dtypes:
+    weight: int  # model parameters as held by the module
+    grad: int  # parameter gradients as produced by backward
+    master: int  # extra fp32 copy of trainable weights kept by the optimizer (0 if none)
+    state: int  # one optimizer moment (AdamW exp_avg / exp_avg_sq), before 8-bit
+    act: int  # matmul / attention outputs: the compute dtype
+    resid: int  # the residual stream and RMSNorm outputs (dtype of the weights)
+
+
+PRECISIONS: dict[str, Dtypes] = {
+    # DeepSpeed bf16 / fp16 mode: the engine casts the module to 16 bit; ZeRO's optimizer keeps
+    # fp32 master partitions and fp32 Adam states (deepspeed/runtime/zero/stage3.py,
+    # fp32_partitioned_groups_flat; ZeRO paper, Rajbhandari et al. 2020, §3: 2+2+12 bytes/param).
+    "bf16-mixed": Dtypes(weight=2, grad=2, master=4, state=4, act=2, resid=2),
+    "fp16-mixed": Dtypes(weight=2, grad=2, master=4, state=4, act=2, resid=2),
+    # torch.autocast(bfloat16) over fp32 weights (plain PyTorch / HF Trainer --bf16): fp32 grads
+    # and states, no separate master; matmuls run and save in bf16.
+    "amp-bf16": Dtypes(weight=4, grad=4, master=0, state=4, act=2, resid=4),
+    # Pure bf16: weights, grads and Adam states all bf16 (torch.optim keeps states in param dtype).
+    "bf16": Dtypes(weight=2, grad=2, master=0, state=2, act=2, resid=2),
+    "fp32": Dtypes(weight=4, grad=4, master=0, state=4, act=4, resid=4),
+}
+
+#: bitsandbytes 8-bit blockwise optimizers: uint8 states with one fp32 absmax per block of 256
+#: (bitsandbytes/optim/optimizer.py Optimizer8bit, ``block_wise=True``; functional.py
+#: ``optimizer_update_8bit_blockwise``; Dettmers et al. 2022, "8-bit Optimizers via Block-wise
+#: Quantization", §2). NB: tensors under 4096 elements stay 32-bit (``min_8bit_size``); ignored.
+ADAM8BIT_BLOCK = 256
+
+
+def optimizer_state_bytes(optimizer: Optimizer, dt: Dtypes, numel: int) -> int:
+    """Moments of the optimizer for ``numel`` trainable elements (master copy not included).
+
+    AdamW: two moments (Loshchilov & Hutter 2019; torch.optim.AdamW exp_avg, exp_avg_sq).
+    SGD: torch.optim.SGD's default ``momentum=0`` keeps no state.
+    """
+    if optimizer == "adamw":
+        return 2 * dt.state * numel
+    if optimizer == "adamw8bit":
+        blocks = -(-numel // ADAM8BIT_BLOCK)
+        return 2 * (numel + 4 * blocks)
+    return 0
+
+
+def optimizer_step_temp_bytes(optimizer: Optimizer, dt: Dtypes, numel: int) -> int:
+    """Scratch the optimizer step allocates for ``numel`` elements at once.
+
+    torch's foreach AdamW (the default on CUDA) builds ``exp_avg_sq_sqrt = _foreach_sqrt(...)``,
+    one state-sized temporary (torch/optim/adamw.py ``_multi_tensor_adamw``). bitsandbytes and
+    SGD update in place.
+    """
+    return dt.state * numel if optimizer == "adamw" else 0

@@ -1,0 +1,315 @@
+"""The one place that composes the formulas into memory per GPU and per node.
+
+Per GPU, four phases of a training step are evaluated — forward, backward, optimizer step and
+checkpoint save — each as a split into the categories that PyTorch's ``MemTracker`` uses
+(parameters, gradients, optimizer states, activations, temporaries). The largest phase total
+is the peak that ``torch.cuda.max_memory_allocated`` reports; the caching allocator's reserve
+and the CUDA context come on top as overhead. Per node, the host holds the processes, what is
+offloaded, and the spikes of loading the model and of saving a checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from planner.calibration import Calibration
+from planner.formulas import activations as act
+from planner.formulas import params as prm
+from planner.formulas.dtypes import PRECISIONS, Dtypes, optimizer_state_bytes, optimizer_step_temp_bytes
+from planner.formulas.zero import (
+    ceil_div,
+    persistence_threshold_elems,
+    prefetch_bucket_elems,
+    reduce_bucket_elems,
+    reduce_buckets_bytes,
+    shard,
+    zero3_live_params_bytes,
+)
+from planner.schemas import Architecture
+from planner.spec import LAYER_LINEARS, TrainingSpec
+
+CATEGORIES = ("parameters", "gradients", "optimizer_states", "activations", "temporaries")
+GPU_PHASES = ("forward", "backward", "optimizer_step", "checkpoint_save")
+HOST_PHASES = ("model_load", "train", "checkpoint_save")
+ALLOCATOR_ROUND_BYTES = 2 * 2**20  # CUDACachingAllocator rounds large segments to 2 MiB
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    total: int  # every parameter the training process holds (base + adapters + copies)
+    trainable: int
+    frozen: int
+    lora: int
+    modules_to_save: int
+    base: int  # the model without adapters (after added tokens)
+    weights_bytes: int  # all parameters as held on the device, unsharded
+    persistent_bytes: int  # small parameters ZeRO-3 keeps whole on every rank
+    trainable_per_layer: int
+    trainable_outside_layers: int
+    largest_module_bytes: int
+
+
+@dataclass(frozen=True)
+class Split:
+    parameters: int = 0
+    gradients: int = 0
+    optimizer_states: int = 0
+    activations: int = 0
+    temporaries: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.parameters + self.gradients + self.optimizer_states + self.activations + self.temporaries
+
+
+@dataclass(frozen=True)
+class GpuMemory:
+    phases: dict[str, Split]
+    peak_phase: str
+    peak_allocated_bytes: int
+    peak_reserved_bytes: int
+    cuda_context_bytes: int
+    activation_items: list[act.Saved] = field(default_factory=list)
+
+    @property
+    def split(self) -> Split:
+        return self.phases[self.peak_phase]
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.peak_reserved_bytes + self.cuda_context_bytes
+
+
+@dataclass(frozen=True)
+class HostMemory:
+    process_bytes: int
+    offloaded_optimizer_bytes: int
+    offloaded_parameters_bytes: int
+    model_load_bytes: int
+    checkpoint_save_bytes: int
+
+    @property
+    def phases(self) -> dict[str, int]:
+        train = self.process_bytes + self.offloaded_optimizer_bytes + self.offloaded_parameters_bytes
+        return {
+            "model_load": self.process_bytes + self.model_load_bytes,
+            "train": train,
+            "checkpoint_save": train + self.checkpoint_save_bytes,
+        }
+
+    @property
+    def peak_bytes(self) -> int:
+        return max(self.phases.values())
+
+
+def dtypes(spec: TrainingSpec) -> Dtypes:
+    return PRECISIONS[spec.precision]
+
+
+def param_counts(arch: Architecture, spec: TrainingSpec) -> ParamCounts:
+    dt = dtypes(spec)
+    added = spec.added_tokens
+    base = prm.total_params(arch, added)
+    v, h, L = prm.vocab(arch, added), arch.hidden_size, arch.num_hidden_layers
+    linears = prm.layer_linears(arch)
+    threshold = persistence_threshold_elems(arch, spec.deepspeed)
+    # Small tensors ZeRO-3 never partitions: norms and biases of the base model.
+    small = (2 * L + 1) * h + L * sum(s.out_features for s in linears.values() if s.bias)
+    if spec.method == "full":
+        lora = mts = 0
+        trainable = base
+        per_layer = prm.layer_params(arch)
+        outside = base - L * per_layer
+        weights = base * dt.weight
+    else:
+        lora = prm.lora_params(arch, spec.lora_targets, spec.lora_rank, added)
+        mts = prm.modules_to_save_params(arch, spec.modules_to_save, added)
+        trainable = lora + mts
+        per_layer = sum(prm.lora_module_params(arch, t, spec.lora_rank) for t in spec.lora_targets if t in LAYER_LINEARS)
+        outside = trainable - L * per_layer
+        if spec.method == "qlora":
+            frozen_bytes = prm.qlora_linear_bytes(arch, spec.qlora_double_quant) + (base - prm.linear_weight_params(arch)) * 2
+        else:
+            frozen_bytes = base * dt.weight
+        weights = frozen_bytes + trainable * dt.weight
+        for t in spec.lora_targets:  # LoRA A/B under the threshold stay whole too
+            if t in LAYER_LINEARS:
+                s = linears[t]
+                small += L * sum(n for n in (spec.lora_rank * s.in_features, s.out_features * spec.lora_rank) if n <= threshold)
+    if spec.method == "qlora":
+        lin_bytes = max(prm.nf4_tensor_bytes(s.weight_numel, spec.qlora_double_quant) for s in linears.values())
+        emb_bytes = v * h * 2
+    else:
+        lin_bytes = max(s.weight_numel for s in linears.values()) * dt.weight
+        emb_bytes = v * h * dt.weight
+    return ParamCounts(
+        total=base + trainable if spec.method != "full" else base,
+        trainable=trainable,
+        frozen=0 if spec.method == "full" else base,
+        lora=lora,
+        modules_to_save=mts,
+        base=base,
+        weights_bytes=weights,
+        persistent_bytes=min(weights, small * dt.weight),
+        trainable_per_layer=per_layer,
+        trainable_outside_layers=outside,
+        largest_module_bytes=max(lin_bytes, emb_bytes),
+    )
+
+
+def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuMemory:
+    """Per-GPU memory in each phase of a step; see the module docstring."""
+    dt = dtypes(spec)
+    pc = param_counts(arch, spec)
+    n, zero, ds = spec.world_size, spec.zero_stage, spec.deepspeed
+    offload_opt = spec.offload in ("optimizer", "all")
+    L = arch.num_hidden_layers
+
+    # -- parameters: ZeRO-3 shards all but the small persistent ones; --offload all moves the
+    #    shards to host memory and streams them in.
+    if zero == 3:
+        resident = pc.persistent_bytes + ceil_div(pc.weights_bytes - pc.persistent_bytes, n)
+        if spec.offload == "all":
+            resident = pc.persistent_bytes
+        not_local = pc.weights_bytes - resident
+        live = zero3_live_params_bytes(
+            pc.largest_module_bytes,
+            prefetch_bucket_elems(arch, ds) * dt.weight,
+            ds.stage3_max_live_parameters * dt.weight,
+            not_local,
+        )
+    else:
+        resident, live = pc.weights_bytes, 0
+
+    # -- gradients of trainable parameters. Stages 0/1 hold whole gradients that grow layer by
+    #    layer through backward; stages 2/3 hold a 1/n partition (ZeRO-3 keeps it in a
+    #    persistent flat buffer); with the optimizer offloaded, stage 2/3 partitions live on host.
+    g = dt.grad
+    if zero >= 2:
+        grad_part = 0 if offload_opt else ceil_div(pc.trainable * g, n)
+        grad_at = {"head": grad_part, "first_layer": grad_part, "last_layer": grad_part, "all": grad_part}
+    else:
+        head = (pc.trainable_outside_layers - _embedding_trainable(arch, spec)) * g
+        grad_at = {
+            "head": head,
+            "first_layer": head + pc.trainable_per_layer * g,
+            "last_layer": head + L * pc.trainable_per_layer * g,
+            "all": pc.trainable * g,
+        }
+    grad_persistent = grad_at["all"] if zero == 3 else 0
+
+    # -- optimizer: fp32 master (mixed precision) + moments, sharded from stage 1 on.
+    opt_full = pc.trainable * dt.master + optimizer_state_bytes(spec.optimizer, dt, pc.trainable)
+    opt = 0 if offload_opt else shard(opt_full, n, zero >= 1)
+    # Optimizer-step scratch: the fp32 gradient copy ZeRO makes for its master partition and
+    # foreach AdamW's sqrt buffer, for one sub-group (stage 3) or the whole partition.
+    step_elems = ceil_div(pc.trainable, n) if zero >= 1 else pc.trainable
+    if zero == 3:
+        step_elems = min(step_elems, ds.sub_group_size)
+    step_temp = 0
+    if not offload_opt:
+        step_temp = (4 * step_elems if dt.master else 0) + optimizer_step_temp_bytes(spec.optimizer, dt, step_elems)
+
+    buckets = reduce_buckets_bytes(zero, ceil_div(pc.trainable, 1), reduce_bucket_elems(arch, ds), g, ds)
+    dequant = 0
+    if spec.method == "qlora":  # bnb dequantizes one weight to 16 bit for each matmul
+        dequant = max(s.weight_numel for s in prm.layer_linears(arch).values()) * 2
+
+    # -- activations.
+    layer = act.layer_inventory(arch, spec, dt)
+    layer_bytes = act.total(layer)
+    model_items = act.model_level_saved(arch, spec, dt)
+    logits_items = [x for x in model_items if x.name in ("logits", "log_softmax_fp32")]
+    model_bytes = act.total(model_items)
+    ckpt_in = act.layer_checkpoint_input(arch, spec, dt).bytes
+    per_layer_saved = ckpt_in if spec.grad_ckpt else layer_bytes
+    recompute = layer_bytes if spec.grad_ckpt else 0  # one layer re-run during its backward
+
+    def saved_layers(k: int) -> int:
+        """Activations of the layers still waiting for backward when k of them remain."""
+        return k * per_layer_saved + (recompute if k > 0 else 0)
+
+    layer_bwd = act.layer_backward_transient(arch, spec, dt)
+    fwd = Split(
+        parameters=resident,
+        gradients=grad_persistent,
+        optimizer_states=opt,
+        activations=L * per_layer_saved + model_bytes + act.loss_forward_transient(arch, spec, dt),
+        temporaries=live + dequant,
+    )
+    no_logits = model_bytes - act.total(logits_items)
+    moments = [
+        # the loss gradient: everything saved plus the fp32 gradients of log_softmax
+        Split(resident, grad_persistent, opt, L * per_layer_saved + model_bytes, live + act.loss_backward_transient(arch, spec)),
+        # the first (top) layer's backward, its activations recomputed if checkpointing
+        Split(resident, grad_at["first_layer"], opt, saved_layers(L) + no_logits, live + dequant + layer_bwd + buckets),
+        # the last (bottom) layer's backward: gradients nearly complete
+        Split(resident, grad_at["last_layer"], opt, saved_layers(1) + no_logits, live + dequant + layer_bwd + buckets),
+        # the embedding gradient closes backward
+        Split(resident, grad_at["all"], opt, 0, live + buckets),
+    ]
+    bwd = max(moments, key=lambda x: x.total)
+    step = Split(resident, grad_at["all"] if not (zero >= 2 and offload_opt) else 0, opt, 0, step_temp)
+    save = Split(resident, grad_persistent, opt, 0, live if zero == 3 else 0)
+    phases = {"forward": fwd, "backward": bwd, "optimizer_step": step, "checkpoint_save": save}
+    peak_phase = max(GPU_PHASES, key=lambda p: phases[p].total)
+    allocated = phases[peak_phase].total
+    reserved = allocated + int(allocated * cal.value("allocator_reserve_fraction"))
+    reserved = ceil_div(reserved, ALLOCATOR_ROUND_BYTES) * ALLOCATOR_ROUND_BYTES
+    items = [act.Saved(f"layer.{x.name}", x.bytes) for x in layer] + model_items
+    return GpuMemory(
+        phases=phases,
+        peak_phase=peak_phase,
+        peak_allocated_bytes=allocated,
+        peak_reserved_bytes=reserved,
+        cuda_context_bytes=cal.bytes("cuda_context_bytes"),
+        activation_items=items,
+    )
+
+
+def _embedding_trainable(arch: Architecture, spec: TrainingSpec) -> int:
+    """Trainable elements of the input embedding (their gradient appears last in backward)."""
+    if spec.method == "full":
+        return prm.embedding_params(arch, spec.added_tokens)
+    out = 0
+    if "embed_tokens" in spec.lora_targets:
+        out += prm.lora_module_params(arch, "embed_tokens", spec.lora_rank, spec.added_tokens)
+    if "embed_tokens" in spec.modules_to_save:
+        out += prm.embedding_params(arch, spec.added_tokens)
+    return out
+
+
+def host_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration, save_bytes: int) -> HostMemory:
+    """Host RAM of one node (the one with rank 0, which gathers checkpoints).
+
+    Offloaded optimizer (DeepSpeed ZeRO-Offload, Ren et al. 2021, §4): fp32 master partition,
+    two fp32 Adam moments (DeepSpeedCPUAdam) and the fp32 gradient partition: 16 bytes per
+    trainable element, split over all ranks. Offloaded parameters: the 16-bit partitions.
+    Loading: without ZeRO-3 init every rank materialises the whole model; with it, one
+    checkpoint shard at a time. Saving: rank 0 gathers the whole 16-bit state dict on the host
+    (DeepSpeed ``_zero3_consolidated_16bit_state_dict``, which accelerate's ``get_state_dict``
+    calls, also for LoRA) and safetensors serialises one shard in memory before writing it.
+    """
+    dt = dtypes(spec)
+    pc = param_counts(arch, spec)
+    n, ranks = spec.world_size, spec.gpus_per_node
+    process = ranks * cal.bytes("host_process_bytes")
+    offload_opt = 0
+    if spec.offload in ("optimizer", "all"):
+        per_elem = 4 + 8 + 4  # fp32 master + two fp32 moments + fp32 gradient
+        offload_opt = ranks * ceil_div(pc.trainable * per_elem, n)
+    offload_params = ranks * ceil_div(pc.weights_bytes, n) if spec.offload == "all" else 0
+    if spec.zero_stage == 3 or spec.method == "qlora":
+        load = ranks * min(cal.bytes("load_shard_bytes"), pc.weights_bytes)
+    else:
+        load = ranks * pc.weights_bytes
+    save_dtype_bytes = 4 if dt.weight == 4 else 2
+    gathered = pc.total * save_dtype_bytes if spec.zero_stage == 3 else 0
+    save = gathered + min(cal.bytes("save_shard_bytes"), save_bytes)
+    return HostMemory(
+        process_bytes=process,
+        offloaded_optimizer_bytes=offload_opt,
+        offloaded_parameters_bytes=offload_params,
+        model_load_bytes=load,
+        checkpoint_save_bytes=save,
+    )

@@ -1,0 +1,296 @@
+"""The plan: one pydantic model that the tables and ``--json`` both render.
+
+``build_plan`` is the only composition point: catalog records + a TrainingSpec in, Plan out.
+Byte counts are ints; GiB appear only in ``planner.render``. The JSON keys documented in the
+README are a public contract: add keys freely, never rename or drop them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from planner.calibration import Calibration, load_calibration
+from planner.formulas import checkpoint as ckpt
+from planner.memory import CATEGORIES, GpuMemory, HostMemory, gpu_memory, host_memory, param_counts
+from planner.schemas import Architecture, Gpu, Instance
+from planner.spec import TrainingSpec
+
+SCHEMA_VERSION = 1
+MAX_SEARCH_BATCH = 1 << 16
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Hardware(_Out):
+    gpu: str
+    gpu_name: str
+    gpus_per_node: int
+    nodes: int
+    instance: str | None
+    usd_per_hour: float | None = Field(description="On-demand price of one node, if known.")
+
+
+class Inputs(_Out):
+    model: str
+    hf_id: str | None
+    spec: TrainingSpec
+    hardware: Hardware
+
+
+class Parameters(_Out):
+    total: int = Field(description="All parameters the process holds: base (+ added tokens) + adapters + saved copies.")
+    trainable: int
+    frozen: int
+    base: int = Field(description="The model without adapters, after added tokens.")
+    lora: int
+    modules_to_save: int
+
+
+class PhasePeaks(_Out):
+    forward: int
+    backward: int
+    optimizer_step: int
+    checkpoint_save: int
+
+
+class CategorySplit(_Out):
+    parameters_bytes: int
+    gradients_bytes: int
+    optimizer_states_bytes: int
+    activations_bytes: int
+    temporaries_bytes: int
+
+
+class PhaseSplits(_Out):
+    forward: CategorySplit
+    backward: CategorySplit
+    optimizer_step: CategorySplit
+    checkpoint_save: CategorySplit
+
+
+class ActivationItem(_Out):
+    name: str
+    bytes: int
+
+
+class PerGpu(_Out):
+    parameters_bytes: int
+    gradients_bytes: int
+    optimizer_states_bytes: int
+    activations_bytes: int
+    temporaries_bytes: int
+    overhead_bytes: int = Field(description="peak_bytes - peak_allocated_bytes: allocator reserve + CUDA context.")
+    peak_allocated_bytes: int
+    peak_reserved_bytes: int
+    peak_bytes: int
+    peak_phase: Literal["forward", "backward", "optimizer_step", "checkpoint_save"]
+    phase_peaks_bytes: PhasePeaks
+    phase_splits_bytes: PhaseSplits
+    cuda_context_bytes: int
+    allocator_reserve_bytes: int
+    activation_inventory: list[ActivationItem] = Field(
+        description="Saved tensors of one decoder layer (layer.*, before checkpointing) and outside the layers."
+    )
+
+
+class HostPhasePeaks(_Out):
+    model_load: int
+    train: int
+    checkpoint_save: int
+
+
+class PerNodeCpu(_Out):
+    peak_bytes: int
+    peak_phase: Literal["model_load", "train", "checkpoint_save"]
+    process_bytes: int
+    offloaded_optimizer_bytes: int
+    offloaded_parameters_bytes: int
+    model_load_bytes: int
+    checkpoint_save_bytes: int
+    phase_peaks_bytes: HostPhasePeaks
+
+
+class PerNodeGpu(_Out):
+    peak_bytes: int
+    capacity_bytes: int
+
+
+class Memory(_Out):
+    per_gpu: PerGpu
+    per_node_gpu: PerNodeGpu
+    per_node_cpu: PerNodeCpu
+    gpu_capacity_bytes: int
+    host_capacity_bytes: int | None = Field(description="None when the hardware was given as --gpu (host unknown).")
+    gpu_headroom_bytes: int
+    host_headroom_bytes: int | None
+    fits: bool
+    fits_gpu: bool
+    fits_host: bool | None
+    limiting: list[Literal["gpu", "host"]] = Field(description="Resources that run out (empty when it fits).")
+
+
+class Checkpoint(_Out):
+    model_weights_bytes: int
+    adapter_bytes: int | None = Field(description="None for full fine-tuning.")
+    adapter_lora_bytes: int | None
+    adapter_modules_to_save_bytes: int | None
+    adapter_embedding_layers_bytes: int | None
+    training_state_bytes: int
+    merged_model_bytes: int
+
+
+class CoefficientUse(_Out):
+    value: float
+    calibrated: bool
+
+
+class CalibrationInfo(_Out):
+    id: str
+    fitted: bool
+    coefficients: dict[str, CoefficientUse]
+    residuals: dict[str, float] | None
+
+
+class Plan(_Out):
+    schema_version: int = SCHEMA_VERSION
+    inputs: Inputs
+    parameters: Parameters
+    memory: Memory
+    max_micro_batch_size: int = Field(description="Largest micro batch per GPU that fits GPU and host; 0 if none.")
+    max_micro_batch_size_gpu: int = Field(description="Largest micro batch per GPU that fits GPU memory alone.")
+    checkpoint: Checkpoint
+    calibration: CalibrationInfo
+    throughput: None = Field(default=None, description="Reserved: tokens/s (a later issue).")
+    cost: None = Field(default=None, description="Reserved: time and dollars per epoch (a later issue).")
+
+
+def _fits(arch: Architecture, spec: TrainingSpec, gpu: Gpu, host_capacity: int | None, cal: Calibration, save_bytes: int) -> tuple[bool, bool]:
+    g = gpu_memory(arch, spec, cal)
+    fits_gpu = g.peak_bytes <= gpu.usable_memory_bytes
+    if host_capacity is None:
+        return fits_gpu, True
+    return fits_gpu, host_memory(arch, spec, cal, save_bytes).peak_bytes <= host_capacity
+
+
+def max_micro_batch(arch: Architecture, spec: TrainingSpec, gpu: Gpu, host_capacity: int | None, cal: Calibration, save_bytes: int, *, gpu_only: bool = False) -> int:
+    """Largest micro batch that fits (memory never decreases with batch: bisection is exact)."""
+
+    def ok(b: int) -> bool:
+        fg, fh = _fits(arch, spec.model_copy(update={"micro_batch_size": b}), gpu, host_capacity, cal, save_bytes)
+        return fg and (gpu_only or fh)
+
+    if not ok(1):
+        return 0
+    lo, hi = 1, 2
+    while hi <= MAX_SEARCH_BATCH and ok(hi):
+        lo, hi = hi, hi * 2
+    if hi > MAX_SEARCH_BATCH:
+        return lo
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return lo
+
+
+def build_plan(
+    arch: Architecture,
+    spec: TrainingSpec,
+    gpu: Gpu,
+    instance: Instance | None = None,
+    calibration: Calibration | None = None,
+) -> Plan:
+    cal = calibration or load_calibration()
+    pc = param_counts(arch, spec)
+    host_capacity = instance.host_memory_bytes if instance else None
+
+    adapter = ckpt.adapter_bytes(arch, spec) if spec.method != "full" else None
+    weights_bytes = ckpt.model_weights_bytes(arch, spec)
+    save_bytes = adapter.total if adapter else ckpt.merged_model_bytes(arch, spec)
+
+    g: GpuMemory = gpu_memory(arch, spec, cal)
+    h: HostMemory = host_memory(arch, spec, cal, save_bytes)
+    split = g.split
+    cats = {c: getattr(split, c) for c in CATEGORIES}
+    per_gpu = PerGpu(
+        **{f"{c}_bytes": v for c, v in cats.items()},
+        overhead_bytes=g.peak_bytes - g.peak_allocated_bytes,
+        peak_allocated_bytes=g.peak_allocated_bytes,
+        peak_reserved_bytes=g.peak_reserved_bytes,
+        peak_bytes=g.peak_bytes,
+        peak_phase=g.peak_phase,  # type: ignore[arg-type]
+        phase_peaks_bytes=PhasePeaks(**{p: s.total for p, s in g.phases.items()}),
+        phase_splits_bytes=PhaseSplits(
+            **{p: CategorySplit(**{f"{c}_bytes": getattr(s, c) for c in CATEGORIES}) for p, s in g.phases.items()}
+        ),
+        cuda_context_bytes=g.cuda_context_bytes,
+        allocator_reserve_bytes=g.peak_reserved_bytes - g.peak_allocated_bytes,
+        activation_inventory=[ActivationItem(name=x.name, bytes=x.bytes) for x in g.activation_items],
+    )
+    host_phases = h.phases
+    per_node_cpu = PerNodeCpu(
+        peak_bytes=h.peak_bytes,
+        peak_phase=max(host_phases, key=host_phases.__getitem__),  # type: ignore[arg-type]
+        process_bytes=h.process_bytes,
+        offloaded_optimizer_bytes=h.offloaded_optimizer_bytes,
+        offloaded_parameters_bytes=h.offloaded_parameters_bytes,
+        model_load_bytes=h.model_load_bytes,
+        checkpoint_save_bytes=h.checkpoint_save_bytes,
+        phase_peaks_bytes=HostPhasePeaks(**host_phases),
+    )
+    fits_gpu = g.peak_bytes <= gpu.usable_memory_bytes
+    fits_host = None if host_capacity is None else h.peak_bytes <= host_capacity
+    limiting: list[Literal["gpu", "host"]] = []
+    if not fits_gpu:
+        limiting.append("gpu")
+    if fits_host is False:
+        limiting.append("host")
+    memory = Memory(
+        per_gpu=per_gpu,
+        per_node_gpu=PerNodeGpu(peak_bytes=g.peak_bytes * spec.gpus_per_node, capacity_bytes=gpu.usable_memory_bytes * spec.gpus_per_node),
+        per_node_cpu=per_node_cpu,
+        gpu_capacity_bytes=gpu.usable_memory_bytes,
+        host_capacity_bytes=host_capacity,
+        gpu_headroom_bytes=gpu.usable_memory_bytes - g.peak_bytes,
+        host_headroom_bytes=None if host_capacity is None else host_capacity - h.peak_bytes,
+        fits=not limiting,
+        fits_gpu=fits_gpu,
+        fits_host=fits_host,
+        limiting=limiting,
+    )
+    checkpoint = Checkpoint(
+        model_weights_bytes=weights_bytes,
+        adapter_bytes=adapter.total if adapter else None,
+        adapter_lora_bytes=adapter.lora_bytes if adapter else None,
+        adapter_modules_to_save_bytes=adapter.modules_to_save_bytes if adapter else None,
+        adapter_embedding_layers_bytes=adapter.embedding_layers_bytes if adapter else None,
+        training_state_bytes=ckpt.training_state_bytes(spec, pc.trainable),
+        merged_model_bytes=ckpt.merged_model_bytes(arch, spec),
+    )
+    hardware = Hardware(
+        gpu=gpu.id,
+        gpu_name=gpu.name,
+        gpus_per_node=spec.gpus_per_node,
+        nodes=spec.nodes,
+        instance=instance.id if instance else None,
+        usd_per_hour=instance.usd_per_hour if instance else None,
+    )
+    return Plan(
+        inputs=Inputs(model=arch.name, hf_id=arch.hf_id, spec=spec, hardware=hardware),
+        parameters=Parameters(
+            total=pc.total, trainable=pc.trainable, frozen=pc.frozen, base=pc.base, lora=pc.lora, modules_to_save=pc.modules_to_save
+        ),
+        memory=memory,
+        max_micro_batch_size=max_micro_batch(arch, spec, gpu, host_capacity, cal, save_bytes),
+        max_micro_batch_size_gpu=max_micro_batch(arch, spec, gpu, host_capacity, cal, save_bytes, gpu_only=True),
+        checkpoint=checkpoint,
+        calibration=CalibrationInfo(
+            id=cal.id,
+            fitted=cal.fitted,
+            coefficients={k: CoefficientUse(value=c.value, calibrated=c.calibrated) for k, c in cal.coefficients.items()},
+            residuals=cal.residuals,
+        ),
+    )

@@ -1,0 +1,181 @@
+"""Rendering: the one place that turns a Plan (integer bytes) into rich tables in GiB."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from planner.plan import Plan
+from planner.schemas import Architecture, Gpu, Instance
+
+GIB = 2**30
+PHASES = ("forward", "backward", "optimizer_step", "checkpoint_save")
+CATEGORY_LABELS = {
+    "parameters": "Parameters",
+    "gradients": "Gradients",
+    "optimizer_states": "Optimizer states (incl. fp32 master)",
+    "activations": "Activations (saved for backward, logits)",
+    "temporaries": "Temporaries (buckets, gathered params, step scratch)",
+}
+
+
+def gib(n: int | None) -> str:
+    return "—" if n is None else f"{n / GIB:,.2f}"
+
+
+def _count(n: int) -> str:
+    if n >= 10**9:
+        return f"{n / 1e9:,.2f} B"
+    if n >= 10**6:
+        return f"{n / 1e6:,.2f} M"
+    return f"{n:,}"
+
+
+def render_plan(plan: Plan, console: Console) -> None:
+    spec = plan.inputs.spec
+    hw = plan.inputs.hardware
+    where = f"{hw.instance} ({hw.gpus_per_node}× {hw.gpu_name})" if hw.instance else f"{hw.gpus_per_node}× {hw.gpu_name}"
+    if hw.nodes > 1:
+        where = f"{hw.nodes} nodes × {where}"
+    method = spec.method.upper() if spec.method != "full" else "full-parameter"
+    lora = ""
+    if spec.method != "full":
+        lora = f", r={spec.lora_rank} α={spec.lora_alpha:g} dropout={spec.lora_dropout:g} on {','.join(spec.lora_targets)}"
+        if spec.modules_to_save:
+            lora += f", save {','.join(spec.modules_to_save)}"
+    console.print(
+        Text.assemble(
+            ("Plan: ", "bold"),
+            (f"{plan.inputs.model}", "bold cyan"),
+            f" · {method}{lora} · {where}\n",
+            f"micro batch {spec.micro_batch_size} × seq {spec.seq_len} (grad accum {spec.grad_accum}) · {spec.precision} · "
+            f"{spec.optimizer} · ZeRO-{spec.zero_stage} offload={spec.offload} · "
+            f"grad ckpt {'on' if spec.grad_ckpt else 'off'} · attention {spec.attention}",
+        )
+    )
+
+    p = plan.parameters
+    params = Table(title="Parameters", title_justify="left")
+    params.add_column("total", justify="right")
+    params.add_column("trainable", justify="right")
+    params.add_column("trainable %", justify="right")
+    params.add_column("frozen", justify="right")
+    params.add_row(_count(p.total), _count(p.trainable), f"{100 * p.trainable / p.total:.3f}", _count(p.frozen))
+    console.print(params)
+
+    g = plan.memory.per_gpu
+    splits = g.phase_splits_bytes
+    mem = Table(title="Memory per GPU (GiB)", title_justify="left")
+    mem.add_column("category")
+    for ph in PHASES:
+        style = "bold" if ph == g.peak_phase else ""
+        mem.add_column(ph.replace("_", " ") + (" ★" if ph == g.peak_phase else ""), justify="right", style=style)
+    for cat, label in CATEGORY_LABELS.items():
+        mem.add_row(label, *(gib(getattr(getattr(splits, ph), f"{cat}_bytes")) for ph in PHASES))
+    mem.add_row("[bold]allocated (max_memory_allocated)", *(gib(getattr(g.phase_peaks_bytes, ph)) for ph in PHASES), end_section=True)
+    console.print(mem)
+
+    m = plan.memory
+    verdict = Table(title="Fit", title_justify="left", show_header=True)
+    verdict.add_column("resource")
+    verdict.add_column("needs (GiB)", justify="right")
+    verdict.add_column("has (GiB)", justify="right")
+    verdict.add_column("headroom (GiB)", justify="right")
+    verdict.add_column("")
+
+    def mark(ok: bool | None) -> str:
+        return "[yellow]host size unknown" if ok is None else ("[green]fits" if ok else "[bold red]RUNS OUT")
+
+    verdict.add_row(
+        f"GPU memory per GPU (peak {g.peak_phase.replace('_', ' ')}: reserved {gib(g.peak_reserved_bytes)} + CUDA context {gib(g.cuda_context_bytes)})",
+        gib(g.peak_bytes),
+        gib(m.gpu_capacity_bytes),
+        gib(m.gpu_headroom_bytes),
+        mark(m.fits_gpu),
+    )
+    c = m.per_node_cpu
+    verdict.add_row(
+        f"Host RAM per node (peak {c.peak_phase.replace('_', ' ')})",
+        gib(c.peak_bytes),
+        gib(m.host_capacity_bytes),
+        gib(m.host_headroom_bytes),
+        mark(m.fits_host),
+    )
+    console.print(verdict)
+
+    host = Table(title="Host RAM per node (GiB)", title_justify="left")
+    host.add_column("item")
+    host.add_column("GiB", justify="right")
+    host.add_row("training processes (one per GPU)", gib(c.process_bytes))
+    host.add_row("offloaded optimizer (fp32 master, moments, fp32 grads)", gib(c.offloaded_optimizer_bytes))
+    host.add_row("offloaded parameters", gib(c.offloaded_parameters_bytes))
+    host.add_row("model loading spike (all ranks)", gib(c.model_load_bytes))
+    host.add_row("checkpoint save spike (rank 0 gathers + serialises)", gib(c.checkpoint_save_bytes))
+    for ph in ("model_load", "train", "checkpoint_save"):
+        host.add_row(f"[bold]phase total: {ph.replace('_', ' ')}", gib(getattr(c.phase_peaks_bytes, ph)))
+    console.print(host)
+
+    status = "[bold green]FITS" if m.fits else f"[bold red]DOES NOT FIT[/] — runs out of: {', '.join('GPU memory' if x == 'gpu' else 'host RAM' for x in m.limiting)}"
+    console.print(
+        f"{status}. Largest micro batch per GPU that fits: [bold]{plan.max_micro_batch_size}[/]"
+        + (f" (GPU memory alone: {plan.max_micro_batch_size_gpu})" if plan.max_micro_batch_size_gpu != plan.max_micro_batch_size else "")
+    )
+
+    ck = plan.checkpoint
+    cks = Table(title="Checkpoints on disk (GiB)", title_justify="left")
+    cks.add_column("file")
+    cks.add_column("GiB", justify="right")
+    cks.add_column("bytes", justify="right")
+    label = "fine-tuned model weights (safetensors)" if spec.method == "full" else "base model weights (safetensors)"
+    cks.add_row(label, gib(ck.model_weights_bytes), f"{ck.model_weights_bytes:,}")
+    if ck.adapter_bytes is not None:
+        cks.add_row(f"LoRA adapter ({spec.adapter_dtype} A/B, embeddings: {spec.save_embedding_layers})", gib(ck.adapter_bytes), f"{ck.adapter_bytes:,}")
+    cks.add_row("training state (weights + fp32 master + optimizer)", gib(ck.training_state_bytes), f"{ck.training_state_bytes:,}")
+    cks.add_row("merged model", gib(ck.merged_model_bytes), f"{ck.merged_model_bytes:,}")
+    console.print(cks)
+
+    cal = plan.calibration
+    defaults = [k for k, v in cal.coefficients.items() if not v.calibrated]
+    fitted = [k for k, v in cal.coefficients.items() if v.calibrated]
+    console.print(
+        f"[dim]Calibration {cal.id}: counts of parameters, weights, optimizer states and checkpoints are exact; "
+        f"activations come from a per-op inventory (not yet checked against a trace). "
+        f"Calibrated coefficients: {', '.join(fitted) or 'none'}. Cited defaults, not fitted: {', '.join(defaults) or 'none'}. "
+        f"GiB = 2^30 bytes.[/]"
+    )
+
+
+def render_models(models: tuple[Architecture, ...], console: Console) -> None:
+    from planner.formulas.params import total_params
+
+    t = Table(title="Models")
+    for col in ("name", "aliases", "HF id", "type", "parameters", "layers", "hidden", "heads/kv", "vocab"):
+        t.add_column(col)
+    for a in models:
+        t.add_row(
+            a.name, ", ".join(a.aliases), a.hf_id or "", a.model_type, f"{total_params(a):,}", str(a.num_hidden_layers),
+            str(a.hidden_size), f"{a.num_attention_heads}/{a.kv_heads}", str(a.vocab_size),
+        )
+    console.print(t)
+
+
+def render_gpus(gpus: tuple[Gpu, ...], console: Console) -> None:
+    t = Table(title="GPUs")
+    for col in ("id", "name", "usable GiB", "bf16/fp16 dense TFLOP/s", "HBM TB/s", "NVLink GB/s (1 dir)"):
+        t.add_column(col)
+    for g in gpus:
+        peak = g.peak_flops_per_s.get("bf16") or g.peak_flops_per_s.get("fp16") or 0
+        nv = "—" if g.nvlink_bandwidth_bytes_per_s is None else f"{g.nvlink_bandwidth_bytes_per_s / 1e9:g}"
+        t.add_row(g.id, g.name, gib(g.usable_memory_bytes), f"{peak / 1e12:g}", f"{g.hbm_bandwidth_bytes_per_s / 1e12:.2f}", nv)
+    console.print(t)
+
+
+def render_instances(instances: tuple[Instance, ...], console: Console) -> None:
+    t = Table(title="Instances")
+    for col in ("id", "provider", "GPUs", "host GiB", "network", "USD/h", "region, as of"):
+        t.add_column(col)
+    for i in instances:
+        usd = "—" if i.usd_per_hour is None else f"{i.usd_per_hour:,.2f}"
+        t.add_row(i.id, i.provider, f"{i.gpu_count}× {i.gpu}", gib(i.host_memory_bytes), i.network, usd, f"{i.price_region}, {i.price_as_of}")
+    console.print(t)

@@ -1,0 +1,114 @@
+"""What the user asks for: the training setup, validated once, used by every formula.
+
+Defaults follow the seed's setup (``shared/reference/seed_setup.md``): sequence length 512,
+micro batch 8, DeepSpeed ZeRO-3 with the optimizer offloaded to CPU, gradient checkpointing,
+bf16 mixed precision, AdamW, LoRA r=8 / alpha 16 / dropout 0.05 on all linear layers.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Method = Literal["full", "lora", "qlora"]
+Precision = Literal["bf16-mixed", "amp-bf16", "bf16", "fp16-mixed", "fp32"]
+Optimizer = Literal["adamw", "adamw8bit", "sgd"]
+Attention = Literal["eager", "sdpa", "flash"]
+Offload = Literal["none", "optimizer", "all"]
+AdapterDtype = Literal["fp32", "bf16", "fp16"]
+EmbeddingSave = Literal["auto", "full", "rows", "none"]
+
+#: The seven projections of a Llama-family decoder layer, in module order.
+LAYER_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+#: Module names that may be LoRA targets or in modules_to_save besides the layer linears.
+EMBEDDING_MODULES = ("embed_tokens", "lm_head")
+
+
+class DeepSpeedConfig(BaseModel):
+    """The DeepSpeed knobs that size buffers, in elements. ``None`` means Hugging Face's
+    ``"auto"`` values (transformers ``integrations/deepspeed.py``: reduce bucket = h*h,
+    prefetch bucket = 0.9*h*h, persistence threshold = 10*h); the rest are DeepSpeed's own
+    defaults (``deepspeed/runtime/zero/config.py``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reduce_bucket_size: int | None = Field(default=None, gt=0)
+    stage3_prefetch_bucket_size: int | None = Field(default=None, gt=0)
+    stage3_param_persistence_threshold: int | None = Field(default=None, ge=0)
+    stage3_max_live_parameters: int = Field(default=1_000_000_000, gt=0)
+    sub_group_size: int = Field(default=1_000_000_000, gt=0)
+    overlap_comm: bool = True
+
+
+class TrainingSpec(BaseModel):
+    """One training setup on a given number of GPUs. Sizes are per GPU (micro batch)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: Method = "lora"
+    precision: Precision = "bf16-mixed"
+    optimizer: Optimizer = "adamw"
+    micro_batch_size: int = Field(default=8, ge=1)
+    seq_len: int = Field(default=512, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    grad_ckpt: bool = True
+    attention: Attention = "sdpa"
+    zero_stage: int = Field(default=3, ge=0, le=3)
+    offload: Offload = "optimizer"
+    gpus_per_node: int = Field(default=1, ge=1)
+    nodes: int = Field(default=1, ge=1)
+    lora_rank: int = Field(default=8, ge=1)
+    lora_alpha: float = Field(default=16.0, gt=0)
+    lora_dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    lora_targets: tuple[str, ...] = LAYER_LINEARS
+    modules_to_save: tuple[str, ...] = ()
+    added_tokens: int = Field(default=0, ge=0)
+    adapter_dtype: AdapterDtype = "fp32"
+    save_embedding_layers: EmbeddingSave = "auto"
+    qlora_double_quant: bool = True
+    deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainingSpec:
+        if self.offload == "all" and self.zero_stage != 3:
+            raise ValueError("--offload all (parameters to CPU) needs --zero 3")
+        if self.offload == "optimizer" and self.zero_stage == 0:
+            raise ValueError("--offload optimizer needs ZeRO stage 1, 2 or 3")
+        if self.method != "full":
+            bad = [t for t in (*self.lora_targets, *self.modules_to_save) if t not in (*LAYER_LINEARS, *EMBEDDING_MODULES)]
+            if bad:
+                raise ValueError(
+                    f"unknown LoRA module {bad[0]!r} (choose from all-linear, {', '.join(LAYER_LINEARS + EMBEDDING_MODULES)})"
+                )
+            if not self.lora_targets:
+                raise ValueError("LoRA needs at least one target module")
+            both = set(self.lora_targets) & set(self.modules_to_save)
+            if both:
+                raise ValueError(f"{sorted(both)[0]} cannot be both a LoRA target and in modules_to_save")
+        if self.method == "qlora" and self.precision in ("fp32", "amp-bf16"):
+            raise ValueError("QLoRA computes in 16 bit: use bf16-mixed, bf16 or fp16-mixed")
+        return self
+
+    @property
+    def world_size(self) -> int:
+        return self.gpus_per_node * self.nodes
+
+    @property
+    def tokens_per_micro_batch(self) -> int:
+        return self.micro_batch_size * self.seq_len
+
+
+def parse_targets(text: str) -> tuple[str, ...]:
+    """``all-linear`` (peft's value: every linear layer except the output layer), ``all``
+    (all linear layers plus embed_tokens and lm_head, the seed's "all layers"), or a comma list."""
+    words = [w.strip() for w in text.split(",") if w.strip()]
+    out: list[str] = []
+    for w in words:
+        if w in ("all-linear", "all_linear"):
+            out.extend(LAYER_LINEARS)
+        elif w == "all":
+            out.extend(LAYER_LINEARS + EMBEDDING_MODULES)
+        else:
+            out.append(w)
+    return tuple(dict.fromkeys(out))
