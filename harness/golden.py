@@ -88,9 +88,7 @@ LORA_DEFAULTS: JSON = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "bias": "
 
 SETUPS: dict[str, JSON] = {
     "all_linear": {"target_modules": SEVEN_PROJECTIONS},
-    "all_linear_embed_head": {
-        "target_modules": [*SEVEN_PROJECTIONS, "embed_tokens", "lm_head"]
-    },
+    "all_linear_embed_head": {"target_modules": [*SEVEN_PROJECTIONS, "embed_tokens", "lm_head"]},
     "qv_save_embed_head": {
         "target_modules": ["q_proj", "v_proj"],
         "modules_to_save": ["embed_tokens", "lm_head"],
@@ -126,18 +124,14 @@ def architecture_configs() -> dict[str, PretrainedConfig]:
     return dict(load_architecture(p) for p in sorted(ARCHITECTURES_DIR.glob("*.json")))
 
 
-def build_meta_model(
-    config: PretrainedConfig, vocab_size: int | None = None
-) -> PreTrainedModel:
+def build_meta_model(config: PretrainedConfig, vocab_size: int | None = None) -> PreTrainedModel:
     """Build a bf16 causal LM on the meta device, optionally resizing its vocabulary.
 
     Call inside ``torch.device("meta")``. ``dtype=`` is transformers 5's name for ``torch_dtype=``.
     The config is copied: the model keeps a reference to the config it was built from, and
     ``resize_token_embeddings`` rewrites that config's ``vocab_size`` in place.
     """
-    model = AutoModelForCausalLM.from_config(
-        copy.deepcopy(config), dtype=torch.bfloat16
-    )
+    model = AutoModelForCausalLM.from_config(copy.deepcopy(config), dtype=torch.bfloat16)
     if vocab_size is not None and vocab_size != config.vocab_size:
         # mean_resizing=True (the default) calls .item(), impossible on meta tensors.
         model.resize_token_embeddings(vocab_size, mean_resizing=False)
@@ -154,14 +148,10 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def _modules_to_save_names(peft_model: PeftModel) -> list[str]:
-    return [
-        n for n, m in peft_model.named_modules() if isinstance(m, ModulesToSaveWrapper)
-    ]
+    return [n for n, m in peft_model.named_modules() if isinstance(m, ModulesToSaveWrapper)]
 
 
-def summarize_state_dict(
-    state_dict: dict[str, torch.Tensor], modules_to_save_keys: set[str]
-) -> JSON:
+def summarize_state_dict(state_dict: dict[str, torch.Tensor], modules_to_save_keys: set[str]) -> JSON:
     """Totals, per-category totals, LoRA key patterns and every non-LoRA key of an adapter.
 
     Categories: ``lora`` (any key containing ``lora_``, which covers ``lora_A/B`` and
@@ -181,16 +171,12 @@ def summarize_state_dict(
         if "lora_" in key:
             category = "lora"
             pattern = _LAYER_INDEX.sub(".layers.{i}.", key)
-            entry = lora_patterns.setdefault(
-                pattern, {"count": 0, "shape": list(tensor.shape), "dtype": dtype}
-            )
+            entry = lora_patterns.setdefault(pattern, {"count": 0, "shape": list(tensor.shape), "dtype": dtype})
             if entry["shape"] != list(tensor.shape) or entry["dtype"] != dtype:
                 raise AssertionError(f"{pattern} is not uniform across layers")
             entry["count"] += 1
         else:
-            category = (
-                "modules_to_save" if key in modules_to_save_keys else "embedding_layers"
-            )
+            category = "modules_to_save" if key in modules_to_save_keys else "embedding_layers"
             non_lora[key] = {
                 "category": category,
                 "shape": list(tensor.shape),
@@ -198,9 +184,7 @@ def summarize_state_dict(
                 "numel": numel,
                 "bytes": nbytes,
             }
-        cat = categories.setdefault(
-            category, {"num_tensors": 0, "numel": 0, "bytes": 0, "dtypes": []}
-        )
+        cat = categories.setdefault(category, {"num_tensors": 0, "numel": 0, "bytes": 0, "dtypes": []})
         cat["num_tensors"] += 1
         cat["numel"] += numel
         cat["bytes"] += nbytes
@@ -220,9 +204,7 @@ def _lora_config(setup: JSON, **overrides: Any) -> LoraConfig:
     return LoraConfig(task_type="CAUSAL_LM", **{**LORA_DEFAULTS, **setup, **overrides})
 
 
-def adapter_record(
-    peft_model: PeftModel, lora_config: LoraConfig, base_config_dir: Path | None
-) -> JSON:
+def adapter_record(peft_model: PeftModel, lora_config: LoraConfig, base_config_dir: Path | None) -> JSON:
     """Everything recorded for one LoRA setup on one base model.
 
     ``base_config_dir`` holds the original (un-resized) config; pointing the adapter's
@@ -231,37 +213,23 @@ def adapter_record(
     sd_false = get_peft_model_state_dict(peft_model, save_embedding_layers=False)
     modules_to_save_keys = {k for k in sd_false if "lora_" not in k}
     for key in modules_to_save_keys:
-        if not any(
-            key.startswith(f"{name}.") for name in _modules_to_save_names(peft_model)
-        ):
-            raise AssertionError(
-                f"unexpected non-LoRA key without embedding layers: {key}"
-            )
+        if not any(key.startswith(f"{name}.") for name in _modules_to_save_names(peft_model)):
+            raise AssertionError(f"unexpected non-LoRA key without embedding layers: {key}")
     trainable, total = peft_model.get_nb_trainable_parameters()
     target_modules = lora_config.target_modules
     record: JSON = {
         "lora_config": {
             **{k: getattr(lora_config, k) for k in LORA_DEFAULTS},
-            "target_modules": target_modules
-            if isinstance(target_modules, str)
-            else sorted(target_modules),
+            "target_modules": target_modules if isinstance(target_modules, str) else sorted(target_modules),
             "modules_to_save": sorted(lora_config.modules_to_save or []),
         },
         "targeted_module_count": len(peft_model.targeted_module_names),
-        "targeted_module_suffixes": sorted(
-            {n.rsplit(".", 1)[-1] for n in peft_model.targeted_module_names}
-        ),
+        "targeted_module_suffixes": sorted({n.rsplit(".", 1)[-1] for n in peft_model.targeted_module_names}),
         "trainable_parameters": trainable,
         "all_parameters": total,
-        "base_model_name_or_path": peft_model.peft_config[
-            "default"
-        ].base_model_name_or_path,
-        "adapter_state_dict": summarize_state_dict(
-            get_peft_model_state_dict(peft_model), modules_to_save_keys
-        ),
-        "adapter_state_dict_save_embedding_layers_false": summarize_state_dict(
-            sd_false, modules_to_save_keys
-        ),
+        "base_model_name_or_path": peft_model.peft_config["default"].base_model_name_or_path,
+        "adapter_state_dict": summarize_state_dict(get_peft_model_state_dict(peft_model), modules_to_save_keys),
+        "adapter_state_dict_save_embedding_layers_false": summarize_state_dict(sd_false, modules_to_save_keys),
     }
     if base_config_dir is not None:
         adapter_config = peft_model.peft_config["default"]
@@ -270,15 +238,11 @@ def adapter_record(
             sd_hub = get_peft_model_state_dict(peft_model)
         finally:
             adapter_config.base_model_name_or_path = record["base_model_name_or_path"]
-        record["adapter_state_dict_auto_hub_loaded_base"] = summarize_state_dict(
-            sd_hub, modules_to_save_keys
-        )
+        record["adapter_state_dict_auto_hub_loaded_base"] = summarize_state_dict(sd_hub, modules_to_save_keys)
     return record
 
 
-def lora_records(
-    config: PretrainedConfig, vocab_size: int, setups: dict[str, JSON]
-) -> JSON:
+def lora_records(config: PretrainedConfig, vocab_size: int, setups: dict[str, JSON]) -> JSON:
     """Base parameter count and one ``adapter_record`` per setup for one model/vocabulary."""
     resized = vocab_size != config.vocab_size
     out: JSON = {"vocab_size": vocab_size, "setups": {}}
@@ -291,9 +255,7 @@ def lora_records(
                 out["base_parameters"] = count_parameters(model)
                 lora_config = _lora_config(setup)
                 peft_model = get_peft_model(model, lora_config)
-                out["setups"][name] = adapter_record(
-                    peft_model, lora_config, base_dir if resized else None
-                )
+                out["setups"][name] = adapter_record(peft_model, lora_config, base_dir if resized else None)
     return out
 
 
@@ -316,15 +278,11 @@ def lora_variants(config: PretrainedConfig) -> JSON:
             "r": overrides["r"],
             "target_modules": overrides["target_modules"],
             "targeted_module_count": len(peft_model.targeted_module_names),
-            "targeted_module_suffixes": sorted(
-                {n.rsplit(".", 1)[-1] for n in peft_model.targeted_module_names}
-            ),
+            "targeted_module_suffixes": sorted({n.rsplit(".", 1)[-1] for n in peft_model.targeted_module_names}),
             "trainable_parameters": trainable,
             "all_parameters": total,
             "adapter_total_numel": sum(t.numel() for t in sd.values()),
-            "adapter_total_bytes": sum(
-                t.numel() * t.element_size() for t in sd.values()
-            ),
+            "adapter_total_bytes": sum(t.numel() * t.element_size() for t in sd.values()),
         }
     for r in (8, 64):
         string, listed = out[f"all_linear_string_r{r}"], out[f"seven_projections_r{r}"]
@@ -334,9 +292,7 @@ def lora_variants(config: PretrainedConfig) -> JSON:
             "trainable_parameters",
             "adapter_total_bytes",
         )
-        out[f"all_linear_string_equals_seven_projections_r{r}"] = all(
-            string[k] == listed[k] for k in keys
-        )
+        out[f"all_linear_string_equals_seven_projections_r{r}"] = all(string[k] == listed[k] for k in keys)
     return out
 
 
@@ -373,15 +329,11 @@ def save_pretrained_crosscheck() -> JSON:
                 ("hub_loaded_base", base_dir),
             ):
                 torch.manual_seed(0)
-                model = AutoModelForCausalLM.from_config(
-                    copy.deepcopy(tiny), dtype=torch.bfloat16
-                )
+                model = AutoModelForCausalLM.from_config(copy.deepcopy(tiny), dtype=torch.bfloat16)
                 model.resize_token_embeddings(104)
                 peft_model = get_peft_model(model, _lora_config(setup))
                 if base_id is not None:
-                    peft_model.peft_config["default"].base_model_name_or_path = str(
-                        base_id
-                    )
+                    peft_model.peft_config["default"].base_model_name_or_path = str(base_id)
                 sd = get_peft_model_state_dict(peft_model)
                 save_dir = Path(tmp) / f"{setup_name}-{variant}"
                 peft_model.save_pretrained(save_dir)
@@ -392,20 +344,11 @@ def save_pretrained_crosscheck() -> JSON:
                 out[f"{setup_name}/{variant}"] = {
                     "keys_match": sorted(sd) == sorted(on_disk),
                     "shapes_and_dtypes_match": all(
-                        k in on_disk
-                        and sd[k].shape == on_disk[k].shape
-                        and sd[k].dtype == on_disk[k].dtype
-                        for k in sd
+                        k in on_disk and sd[k].shape == on_disk[k].shape and sd[k].dtype == on_disk[k].dtype for k in sd
                     ),
-                    "state_dict_bytes": sum(
-                        t.numel() * t.element_size() for t in sd.values()
-                    ),
-                    "file_tensor_bytes": sum(
-                        t.numel() * t.element_size() for t in on_disk.values()
-                    ),
-                    "aliased_keys_in_state_dict": sorted(
-                        sorted(v) for v in by_ptr.values() if len(v) > 1
-                    ),
+                    "state_dict_bytes": sum(t.numel() * t.element_size() for t in sd.values()),
+                    "file_tensor_bytes": sum(t.numel() * t.element_size() for t in on_disk.values()),
+                    "aliased_keys_in_state_dict": sorted(sorted(v) for v in by_ptr.values() if len(v) > 1),
                 }
     return out
 
@@ -421,9 +364,7 @@ def compute() -> JSON:
         lora: JSON = {}
         for name in LLAMA2_MODELS:
             lora[name] = {
-                f"vocab_{RESIZED_VOCAB}": lora_records(
-                    configs[name], RESIZED_VOCAB, SETUPS
-                ),
+                f"vocab_{RESIZED_VOCAB}": lora_records(configs[name], RESIZED_VOCAB, SETUPS),
                 f"vocab_{configs[name].vocab_size}": lora_records(
                     configs[name],
                     configs[name].vocab_size,
@@ -458,9 +399,7 @@ def compute() -> JSON:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument(
-        "--out", type=Path, help="write JSON here (default: print to stdout)"
-    )
+    parser.add_argument("--out", type=Path, help="write JSON here (default: print to stdout)")
     args = parser.parse_args(argv)
     text = json.dumps(compute(), indent=2, sort_keys=True) + "\n"
     if args.out is None:

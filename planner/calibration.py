@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from functools import cache
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from planner.catalog import data_dir
 from planner.errors import PlannerError

@@ -9,9 +9,10 @@ from __future__ import annotations
 import difflib
 import json
 import os
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -68,9 +69,7 @@ def architecture_from_config(fields: dict, *, name: str, source: str | None = No
     meta = fields.get("_catalog", {})
     model_type = fields.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise PlannerError(
-            f"{name}: model_type {model_type!r} is not supported (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
-        )
+        raise PlannerError(f"{name}: model_type {model_type!r} is not supported (supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
     try:
         return Architecture(
             **{k: v for k, v in fields.items() if k not in ("name", "hf_id", "aliases", "source", "_catalog")},
@@ -88,10 +87,7 @@ def architecture_from_config(fields: dict, *, name: str, source: str | None = No
 @cache
 def architectures() -> tuple[Architecture, ...]:
     folder = data_dir() / "architectures"
-    return tuple(
-        architecture_from_config(json.loads(p.read_text()), name=p.stem, source=str(p))
-        for p in sorted(folder.glob("*.json"))
-    )
+    return tuple(architecture_from_config(json.loads(p.read_text()), name=p.stem, source=str(p)) for p in sorted(folder.glob("*.json")))
 
 
 @cache

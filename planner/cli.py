@@ -6,7 +6,7 @@ Errors in the input print one line on stderr and exit 2; "does not fit" is a res
 from __future__ import annotations
 
 import sys
-from typing import Literal, Optional
+from typing import Literal
 
 import click
 import typer
@@ -36,11 +36,13 @@ def _console():  # imported lazily: rich is not needed for --json
 @app.callback()
 def plan(
     ctx: typer.Context,
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Alias (7b, 13b, 70b = Llama 2), catalog name, HF id, or path to a config.json."),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="Alias (7b, 13b, 70b = Llama 2), catalog name, HF id, or path to a config.json."
+    ),
     method: Literal["full", "lora", "qlora"] = typer.Option("lora", "--method", case_sensitive=False),
-    instance: Optional[str] = typer.Option(None, "--instance", "-i", help="Cloud instance type, e.g. p4de.24xlarge."),
-    gpu: Optional[str] = typer.Option(None, "--gpu", help="GPU model, e.g. a100-80gb (instead of --instance)."),
-    gpus: Optional[int] = typer.Option(None, "--gpus", min=1, help="GPUs per node with --gpu (default 1)."),
+    instance: str | None = typer.Option(None, "--instance", "-i", help="Cloud instance type, e.g. p4de.24xlarge."),
+    gpu: str | None = typer.Option(None, "--gpu", help="GPU model, e.g. a100-80gb (instead of --instance)."),
+    gpus: int | None = typer.Option(None, "--gpus", min=1, help="GPUs per node with --gpu (default 1)."),
     nodes: int = typer.Option(1, "--nodes", min=1),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Micro batch per GPU."),
     seq_len: int = typer.Option(512, "--seq-len", "-s", min=1),
@@ -49,7 +51,9 @@ def plan(
     offload: Literal["none", "optimizer", "all"] = typer.Option("optimizer", "--offload", case_sensitive=False),
     grad_ckpt: bool = typer.Option(True, "--grad-ckpt/--no-grad-ckpt"),
     attention: Literal["eager", "sdpa", "flash"] = typer.Option("sdpa", "--attention", case_sensitive=False),
-    precision: Literal["bf16-mixed", "amp-bf16", "bf16", "fp16-mixed", "fp32"] = typer.Option("bf16-mixed", "--precision", case_sensitive=False),
+    precision: Literal["bf16-mixed", "amp-bf16", "bf16", "fp16-mixed", "fp32"] = typer.Option(
+        "bf16-mixed", "--precision", case_sensitive=False
+    ),
     optimizer: Literal["adamw", "adamw8bit", "sgd"] = typer.Option("adamw", "--optimizer", case_sensitive=False),
     lora_rank: int = typer.Option(8, "--lora-rank", "-r", min=1),
     lora_alpha: float = typer.Option(16.0, "--lora-alpha"),
@@ -57,8 +61,12 @@ def plan(
     lora_targets: str = typer.Option("all-linear", "--lora-targets", help="all-linear, all (+ embed_tokens, lm_head), or a comma list."),
     modules_to_save: str = typer.Option("", "--modules-to-save", help="Comma list, e.g. embed_tokens,lm_head."),
     added_tokens: int = typer.Option(0, "--added-tokens", min=0, help="Tokens added to the vocabulary (the seed: 4)."),
-    adapter_dtype: Literal["fp32", "bf16", "fp16"] = typer.Option("fp32", "--adapter-dtype", case_sensitive=False, help="dtype of the saved adapter (peft default fp32)."),
-    save_embedding_layers: Literal["auto", "full", "rows", "none"] = typer.Option("auto", "--save-embedding-layers", case_sensitive=False),
+    adapter_dtype: Literal["fp32", "bf16", "fp16"] = typer.Option(
+        "fp32", "--adapter-dtype", case_sensitive=False, help="dtype of the saved adapter (peft default fp32)."
+    ),
+    save_embedding_layers: Literal["auto", "targets", "full", "rows", "none"] = typer.Option(
+        "auto", "--save-embedding-layers", case_sensitive=False, help="Which embedding layers the adapter carries in full (see README)."
+    ),
     double_quant: bool = typer.Option(True, "--double-quant/--no-double-quant", help="QLoRA double quantization."),
     calibration: str = typer.Option("default", "--calibration", help="Name of a data/calibration/*.json file."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON (raw integer bytes)."),
@@ -120,7 +128,9 @@ def plan(
     if spec.method != "full":
         limit = max_lora_rank(arch, spec.lora_targets)
         if spec.lora_rank > limit:
-            raise PlannerError(f"--lora-rank {spec.lora_rank} is larger than the smallest targeted layer dimension ({limit}) of {arch.name}")
+            raise PlannerError(
+                f"--lora-rank {spec.lora_rank} is larger than the smallest targeted layer dimension ({limit}) of {arch.name}"
+            )
     result = build_plan(arch, spec, the_gpu, inst, load_calibration(calibration))
     if as_json:
         sys.stdout.write(result.model_dump_json(indent=2) + "\n")

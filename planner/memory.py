@@ -112,9 +112,12 @@ def param_counts(arch: Architecture, spec: TrainingSpec) -> ParamCounts:
     base = prm.total_params(arch, added)
     v, h, L = prm.vocab(arch, added), arch.hidden_size, arch.num_hidden_layers
     linears = prm.layer_linears(arch)
+    # Small tensors ZeRO-3 never partitions (at most stage3_param_persistence_threshold
+    # elements): the norms and biases of the base model. NB: small LoRA A/B matrices also stay
+    # whole in DeepSpeed; they are counted as sharded here (a few MiB at most).
     threshold = persistence_threshold_elems(arch, spec.deepspeed)
-    # Small tensors ZeRO-3 never partitions: norms and biases of the base model.
-    small = (2 * L + 1) * h + L * sum(s.out_features for s in linears.values() if s.bias)
+    small = sum(n for n in [h] * (2 * L + 1) if n <= threshold)
+    small += L * sum(s.out_features for s in linears.values() if s.bias and s.out_features <= threshold)
     if spec.method == "full":
         lora = mts = 0
         trainable = base
@@ -132,10 +135,6 @@ def param_counts(arch: Architecture, spec: TrainingSpec) -> ParamCounts:
         else:
             frozen_bytes = base * dt.weight
         weights = frozen_bytes + trainable * dt.weight
-        for t in spec.lora_targets:  # LoRA A/B under the threshold stay whole too
-            if t in LAYER_LINEARS:
-                s = linears[t]
-                small += L * sum(n for n in (spec.lora_rank * s.in_features, s.out_features * spec.lora_rank) if n <= threshold)
     if spec.method == "qlora":
         lin_bytes = max(prm.nf4_tensor_bytes(s.weight_numel, spec.qlora_double_quant) for s in linears.values())
         emb_bytes = v * h * 2
@@ -181,22 +180,21 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
     else:
         resident, live = pc.weights_bytes, 0
 
-    # -- gradients of trainable parameters. Stages 0/1 hold whole gradients that grow layer by
-    #    layer through backward; stages 2/3 hold a 1/n partition (ZeRO-3 keeps it in a
-    #    persistent flat buffer); with the optimizer offloaded, stage 2/3 partitions live on host.
+    # -- gradients of trainable parameters, produced layer by layer through backward (top layer
+    #    first, the input embedding last) and held until the optimizer step. Stages 2/3 keep a
+    #    1/n partition (reduce-scatter through the buckets); with the optimizer offloaded those
+    #    partitions live on the host. NB: DeepSpeed's contiguous-gradient buffers keep the
+    #    partition allocated between steps; counted here from backward on.
     g = dt.grad
+    head = (pc.trainable_outside_layers - _embedding_trainable(arch, spec)) * g
+    grad_at = {
+        "head": head,
+        "first_layer": head + pc.trainable_per_layer * g,
+        "last_layer": head + L * pc.trainable_per_layer * g,
+        "all": pc.trainable * g,
+    }
     if zero >= 2:
-        grad_part = 0 if offload_opt else ceil_div(pc.trainable * g, n)
-        grad_at = {"head": grad_part, "first_layer": grad_part, "last_layer": grad_part, "all": grad_part}
-    else:
-        head = (pc.trainable_outside_layers - _embedding_trainable(arch, spec)) * g
-        grad_at = {
-            "head": head,
-            "first_layer": head + pc.trainable_per_layer * g,
-            "last_layer": head + L * pc.trainable_per_layer * g,
-            "all": pc.trainable * g,
-        }
-    grad_persistent = grad_at["all"] if zero == 3 else 0
+        grad_at = {k: 0 if offload_opt else ceil_div(v, n) for k, v in grad_at.items()}
 
     # -- optimizer: fp32 master (mixed precision) + moments, sharded from stage 1 on.
     opt_full = pc.trainable * dt.master + optimizer_state_bytes(spec.optimizer, dt, pc.trainable)
@@ -210,7 +208,7 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
     if not offload_opt:
         step_temp = (4 * step_elems if dt.master else 0) + optimizer_step_temp_bytes(spec.optimizer, dt, step_elems)
 
-    buckets = reduce_buckets_bytes(zero, ceil_div(pc.trainable, 1), reduce_bucket_elems(arch, ds), g, ds)
+    buckets = reduce_buckets_bytes(zero, pc.trainable, reduce_bucket_elems(arch, ds), g, ds)
     dequant = 0
     if spec.method == "qlora":  # bnb dequantizes one weight to 16 bit for each matmul
         dequant = max(s.weight_numel for s in prm.layer_linears(arch).values()) * 2
@@ -223,7 +221,9 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
     model_bytes = act.total(model_items)
     ckpt_in = act.layer_checkpoint_input(arch, spec, dt).bytes
     per_layer_saved = ckpt_in if spec.grad_ckpt else layer_bytes
-    recompute = layer_bytes if spec.grad_ckpt else 0  # one layer re-run during its backward
+    # One layer re-run during its backward. With an fp32 residual stream (amp-bf16, fp32) the
+    # norm's ``.to(float32)`` is a no-op, so the tensor it keeps is the checkpointed input itself.
+    recompute = layer_bytes - (ckpt_in if dt.resid == 4 else 0) if spec.grad_ckpt else 0
 
     def saved_layers(k: int) -> int:
         """Activations of the layers still waiting for backward when k of them remain."""
@@ -232,7 +232,7 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
     layer_bwd = act.layer_backward_transient(arch, spec, dt)
     fwd = Split(
         parameters=resident,
-        gradients=grad_persistent,
+        gradients=0,
         optimizer_states=opt,
         activations=L * per_layer_saved + model_bytes + act.loss_forward_transient(arch, spec, dt),
         temporaries=live + dequant,
@@ -240,7 +240,7 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
     no_logits = model_bytes - act.total(logits_items)
     moments = [
         # the loss gradient: everything saved plus the fp32 gradients of log_softmax
-        Split(resident, grad_persistent, opt, L * per_layer_saved + model_bytes, live + act.loss_backward_transient(arch, spec)),
+        Split(resident, 0, opt, L * per_layer_saved + model_bytes, live + act.loss_backward_transient(arch, spec)),
         # the first (top) layer's backward, its activations recomputed if checkpointing
         Split(resident, grad_at["first_layer"], opt, saved_layers(L) + no_logits, live + dequant + layer_bwd + buckets),
         # the last (bottom) layer's backward: gradients nearly complete
@@ -249,8 +249,8 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         Split(resident, grad_at["all"], opt, 0, live + buckets),
     ]
     bwd = max(moments, key=lambda x: x.total)
-    step = Split(resident, grad_at["all"] if not (zero >= 2 and offload_opt) else 0, opt, 0, step_temp)
-    save = Split(resident, grad_persistent, opt, 0, live if zero == 3 else 0)
+    step = Split(resident, grad_at["all"], opt, 0, step_temp)
+    save = Split(resident, 0, opt, 0, live if zero == 3 else 0)
     phases = {"forward": fwd, "backward": bwd, "optimizer_step": step, "checkpoint_save": save}
     peak_phase = max(GPU_PHASES, key=lambda p: phases[p].total)
     allocated = phases[peak_phase].total

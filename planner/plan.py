@@ -168,7 +168,9 @@ class Plan(_Out):
     cost: None = Field(default=None, description="Reserved: time and dollars per epoch (a later issue).")
 
 
-def _fits(arch: Architecture, spec: TrainingSpec, gpu: Gpu, host_capacity: int | None, cal: Calibration, save_bytes: int) -> tuple[bool, bool]:
+def _fits(
+    arch: Architecture, spec: TrainingSpec, gpu: Gpu, host_capacity: int | None, cal: Calibration, save_bytes: int
+) -> tuple[bool, bool]:
     g = gpu_memory(arch, spec, cal)
     fits_gpu = g.peak_bytes <= gpu.usable_memory_bytes
     if host_capacity is None:
@@ -176,7 +178,16 @@ def _fits(arch: Architecture, spec: TrainingSpec, gpu: Gpu, host_capacity: int |
     return fits_gpu, host_memory(arch, spec, cal, save_bytes).peak_bytes <= host_capacity
 
 
-def max_micro_batch(arch: Architecture, spec: TrainingSpec, gpu: Gpu, host_capacity: int | None, cal: Calibration, save_bytes: int, *, gpu_only: bool = False) -> int:
+def max_micro_batch(
+    arch: Architecture,
+    spec: TrainingSpec,
+    gpu: Gpu,
+    host_capacity: int | None,
+    cal: Calibration,
+    save_bytes: int,
+    *,
+    gpu_only: bool = False,
+) -> int:
     """Largest micro batch that fits (memory never decreases with batch: bisection is exact)."""
 
     def ok(b: int) -> bool:

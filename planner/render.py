@@ -88,7 +88,8 @@ def render_plan(plan: Plan, console: Console) -> None:
         return "[yellow]host size unknown" if ok is None else ("[green]fits" if ok else "[bold red]RUNS OUT")
 
     verdict.add_row(
-        f"GPU memory per GPU (peak {g.peak_phase.replace('_', ' ')}: reserved {gib(g.peak_reserved_bytes)} + CUDA context {gib(g.cuda_context_bytes)})",
+        f"GPU memory per GPU (peak {g.peak_phase.replace('_', ' ')}: "
+        f"reserved {gib(g.peak_reserved_bytes)} + CUDA context {gib(g.cuda_context_bytes)})",
         gib(g.peak_bytes),
         gib(m.gpu_capacity_bytes),
         gib(m.gpu_headroom_bytes),
@@ -116,7 +117,11 @@ def render_plan(plan: Plan, console: Console) -> None:
         host.add_row(f"[bold]phase total: {ph.replace('_', ' ')}", gib(getattr(c.phase_peaks_bytes, ph)))
     console.print(host)
 
-    status = "[bold green]FITS" if m.fits else f"[bold red]DOES NOT FIT[/] — runs out of: {', '.join('GPU memory' if x == 'gpu' else 'host RAM' for x in m.limiting)}"
+    status = (
+        "[bold green]FITS"
+        if m.fits
+        else f"[bold red]DOES NOT FIT[/] — runs out of: {', '.join('GPU memory' if x == 'gpu' else 'host RAM' for x in m.limiting)}"
+    )
     console.print(
         f"{status}. Largest micro batch per GPU that fits: [bold]{plan.max_micro_batch_size}[/]"
         + (f" (GPU memory alone: {plan.max_micro_batch_size_gpu})" if plan.max_micro_batch_size_gpu != plan.max_micro_batch_size else "")
@@ -130,7 +135,11 @@ def render_plan(plan: Plan, console: Console) -> None:
     label = "fine-tuned model weights (safetensors)" if spec.method == "full" else "base model weights (safetensors)"
     cks.add_row(label, gib(ck.model_weights_bytes), f"{ck.model_weights_bytes:,}")
     if ck.adapter_bytes is not None:
-        cks.add_row(f"LoRA adapter ({spec.adapter_dtype} A/B, embeddings: {spec.save_embedding_layers})", gib(ck.adapter_bytes), f"{ck.adapter_bytes:,}")
+        cks.add_row(
+            f"LoRA adapter ({spec.adapter_dtype} A/B, embeddings: {spec.save_embedding_layers})",
+            gib(ck.adapter_bytes),
+            f"{ck.adapter_bytes:,}",
+        )
     cks.add_row("training state (weights + fp32 master + optimizer)", gib(ck.training_state_bytes), f"{ck.training_state_bytes:,}")
     cks.add_row("merged model", gib(ck.merged_model_bytes), f"{ck.merged_model_bytes:,}")
     console.print(cks)
@@ -154,8 +163,15 @@ def render_models(models: tuple[Architecture, ...], console: Console) -> None:
         t.add_column(col)
     for a in models:
         t.add_row(
-            a.name, ", ".join(a.aliases), a.hf_id or "", a.model_type, f"{total_params(a):,}", str(a.num_hidden_layers),
-            str(a.hidden_size), f"{a.num_attention_heads}/{a.kv_heads}", str(a.vocab_size),
+            a.name,
+            ", ".join(a.aliases),
+            a.hf_id or "",
+            a.model_type,
+            f"{total_params(a):,}",
+            str(a.num_hidden_layers),
+            str(a.hidden_size),
+            f"{a.num_attention_heads}/{a.kv_heads}",
+            str(a.vocab_size),
         )
     console.print(t)
 
@@ -177,5 +193,7 @@ def render_instances(instances: tuple[Instance, ...], console: Console) -> None:
         t.add_column(col)
     for i in instances:
         usd = "—" if i.usd_per_hour is None else f"{i.usd_per_hour:,.2f}"
-        t.add_row(i.id, i.provider, f"{i.gpu_count}× {i.gpu}", gib(i.host_memory_bytes), i.network, usd, f"{i.price_region}, {i.price_as_of}")
+        t.add_row(
+            i.id, i.provider, f"{i.gpu_count}× {i.gpu}", gib(i.host_memory_bytes), i.network, usd, f"{i.price_region}, {i.price_as_of}"
+        )
     console.print(t)

@@ -112,10 +112,7 @@ class Architecture(BaseModel):
                 f"{self.num_attention_heads} and no head_dim is given"
             )
         if self.num_attention_heads % self.kv_heads:
-            raise ValueError(
-                f"num_attention_heads {self.num_attention_heads} is not a multiple of "
-                f"num_key_value_heads {self.kv_heads}"
-            )
+            raise ValueError(f"num_attention_heads {self.num_attention_heads} is not a multiple of num_key_value_heads {self.kv_heads}")
         return self
 
     @property

@@ -17,7 +17,7 @@ Optimizer = Literal["adamw", "adamw8bit", "sgd"]
 Attention = Literal["eager", "sdpa", "flash"]
 Offload = Literal["none", "optimizer", "all"]
 AdapterDtype = Literal["fp32", "bf16", "fp16"]
-EmbeddingSave = Literal["auto", "full", "rows", "none"]
+EmbeddingSave = Literal["auto", "targets", "full", "rows", "none"]
 
 #: The seven projections of a Llama-family decoder layer, in module order.
 LAYER_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -78,9 +78,7 @@ class TrainingSpec(BaseModel):
         if self.method != "full":
             bad = [t for t in (*self.lora_targets, *self.modules_to_save) if t not in (*LAYER_LINEARS, *EMBEDDING_MODULES)]
             if bad:
-                raise ValueError(
-                    f"unknown LoRA module {bad[0]!r} (choose from all-linear, {', '.join(LAYER_LINEARS + EMBEDDING_MODULES)})"
-                )
+                raise ValueError(f"unknown LoRA module {bad[0]!r} (choose from all-linear, {', '.join(LAYER_LINEARS + EMBEDDING_MODULES)})")
             if not self.lora_targets:
                 raise ValueError("LoRA needs at least one target module")
             both = set(self.lora_targets) & set(self.modules_to_save)

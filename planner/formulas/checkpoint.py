@@ -5,8 +5,8 @@
 * LoRA adapter: what peft's ``get_peft_model_state_dict`` returns and ``save_pretrained``
   writes: the A/B matrices (in the adapter dtype: peft >= 0.12 keeps adapters in fp32 by default,
   ``autocast_adapter_dtype=True``), the ``modules_to_save`` copies (base dtype), and — with
-  ``save_embedding_layers="auto"`` (peft >= 0.7) — the whole embedding layers that are LoRA
-  targets, which carries the rows of added tokens (peft ``utils/save_and_load.py``).
+  ``save_embedding_layers="auto"`` (peft >= 0.7) — whole embedding layers (see
+  ``embedding_layers_saved``), which carry the rows of added tokens (peft ``utils/save_and_load.py``).
 * training state: DeepSpeed ``save_checkpoint`` of the trainable weights, their fp32 master
   copy and the optimizer moments (the frozen base of LoRA is not part of it).
 """
@@ -40,13 +40,29 @@ def save_dtype_bytes(spec: TrainingSpec) -> int:
 
 
 def embedding_layers_saved(spec: TrainingSpec) -> tuple[str, ...]:
-    """Which of embed_tokens / lm_head peft writes in full (or as added rows) beside the A/B."""
+    """Which of embed_tokens / lm_head peft writes beyond their LoRA A/B.
+
+    peft ``get_peft_model_state_dict(save_embedding_layers="auto")`` saves the whole embedding
+    layers when they are LoRA targets, and also when the vocabulary differs from the base
+    model's ``config.json`` (a hub-loaded base after ``resize_token_embeddings``):
+
+    * ``targets``: only the LoRA-targeted embedding layers (peft's "auto" on a model built from
+      a config, which has no base to compare with);
+    * ``auto``: what peft does for a hub-loaded base: ``full`` when tokens were added, else
+      ``targets``;
+    * ``full``: both layers (``save_embedding_layers=True``);
+    * ``rows``: only the rows of the added tokens of both layers (the seed's layout; peft's
+      ``trainable_token_indices``);
+    * ``none``: nothing beyond A/B and modules_to_save (``save_embedding_layers=False``).
+    """
     mode = spec.save_embedding_layers
+    if mode == "auto":
+        mode = "full" if spec.added_tokens > 0 else "targets"
     if mode == "none":
         return ()
-    if mode == "auto":
+    if mode == "targets":
         return tuple(m for m in ("embed_tokens", "lm_head") if m in spec.lora_targets)
-    return tuple(m for m in ("embed_tokens", "lm_head") if m not in spec.modules_to_save)
+    return ("embed_tokens", "lm_head")
 
 
 def adapter_bytes(arch: Architecture, spec: TrainingSpec) -> AdapterBytes:
@@ -58,7 +74,10 @@ def adapter_bytes(arch: Architecture, spec: TrainingSpec) -> AdapterBytes:
     if arch.tie_word_embeddings and len(layers) == 2:
         layers = layers[:1]  # one shared tensor
     rows = spec.added_tokens if spec.save_embedding_layers == "rows" else prm.vocab(arch, added)
-    emb = len(layers) * rows * arch.hidden_size * base_w
+    # NB: for a layer in modules_to_save, peft 0.21 matches the wrapper's keys and writes its
+    # ``original_module`` and a second copy of ``modules_to_save`` (tests/golden, hub case).
+    copies = sum(2 if m in spec.modules_to_save else 1 for m in layers)
+    emb = copies * rows * arch.hidden_size * base_w
     return AdapterBytes(lora_bytes=lora, modules_to_save_bytes=mts, embedding_layers_bytes=emb)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.spec import Optimizer, Precision
+from planner.spec import Optimizer
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,161 @@
+"""Properties of the memory model over random valid inputs (hypothesis)."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from planner.calibration import load_calibration
+from planner.catalog import architectures, find_gpu
+from planner.formulas import activations as act
+from planner.memory import CATEGORIES, dtypes, gpu_memory, host_memory, param_counts
+from planner.plan import build_plan
+from planner.spec import EMBEDDING_MODULES, LAYER_LINEARS, TrainingSpec
+
+CAL = load_calibration()
+ARCHS = architectures()
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def specs(draw, method=None):
+    method = method or draw(st.sampled_from(["full", "lora", "qlora"]))
+    zero = draw(st.integers(0, 3))
+    offloads = ["none"] + (["optimizer"] if zero >= 1 else []) + (["all"] if zero == 3 else [])
+    precisions = ["bf16-mixed", "bf16", "fp16-mixed"] + ([] if method == "qlora" else ["amp-bf16", "fp32"])
+    targets = draw(st.lists(st.sampled_from(LAYER_LINEARS + EMBEDDING_MODULES), min_size=1, unique=True))
+    free = [m for m in EMBEDDING_MODULES if m not in targets]
+    mts = draw(st.lists(st.sampled_from(free), unique=True)) if method != "full" and free else []
+    return TrainingSpec(
+        method=method,
+        precision=draw(st.sampled_from(precisions)),
+        optimizer=draw(st.sampled_from(["adamw", "adamw8bit", "sgd"])),
+        micro_batch_size=draw(st.integers(1, 64)),
+        seq_len=draw(st.integers(1, 8192)),
+        grad_ckpt=draw(st.booleans()),
+        attention=draw(st.sampled_from(["eager", "sdpa", "flash"])),
+        zero_stage=zero,
+        offload=draw(st.sampled_from(offloads)),
+        gpus_per_node=draw(st.integers(1, 8)),
+        nodes=draw(st.integers(1, 4)),
+        lora_rank=draw(st.integers(1, 64)),
+        lora_dropout=draw(st.sampled_from([0.0, 0.05, 0.1])),
+        lora_targets=tuple(targets),
+        modules_to_save=tuple(mts),
+        added_tokens=draw(st.integers(0, 16)),
+    )
+
+
+def gpu_peak(arch, spec) -> int:
+    return gpu_memory(arch, spec, CAL).peak_bytes
+
+
+def host_peak(arch, spec) -> int:
+    return host_memory(arch, spec, CAL, 0).peak_bytes
+
+
+def _walk(obj, path=""):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _walk(v, f"{path}.{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _walk(v, f"{path}[{i}]")
+    else:
+        yield path, obj
+
+
+@SETTINGS
+@given(arch=st.sampled_from(ARCHS), spec=specs(), gpu=st.sampled_from(["a100-80gb", "a10g", "h200", "t4"]))
+def test_all_byte_counts_are_non_negative_ints(arch, spec, gpu):
+    plan = build_plan(arch, spec, find_gpu(gpu))
+    seen = 0
+    for path, value in _walk(plan.model_dump(exclude={"calibration"})):
+        if "bytes" in path and "headroom" not in path and value is not None:
+            assert isinstance(value, int) and not isinstance(value, bool), path
+            assert value >= 0, path
+            seen += 1
+    assert seen > 30
+
+
+@SETTINGS
+@given(arch=st.sampled_from(ARCHS), spec=specs())
+def test_categories_sum_to_each_phase_total_and_peak(arch, spec):
+    g = gpu_memory(arch, spec, CAL)
+    for split in g.phases.values():
+        assert sum(getattr(split, c) for c in CATEGORIES) == split.total
+    assert g.split.total == g.peak_allocated_bytes == max(s.total for s in g.phases.values())
+    assert g.peak_allocated_bytes <= g.peak_reserved_bytes < g.peak_bytes
+
+
+@SETTINGS
+@given(arch=st.sampled_from(ARCHS), spec=specs(), db=st.integers(1, 32), ds=st.integers(1, 2048), dr=st.integers(1, 64))
+def test_memory_never_decreases_with_batch_sequence_or_rank(arch, spec, db, ds, dr):
+    base_g, base_h = gpu_peak(arch, spec), host_peak(arch, spec)
+    for field, inc in (("micro_batch_size", db), ("seq_len", ds), ("lora_rank", dr)):
+        bigger = spec.model_copy(update={field: getattr(spec, field) + inc})
+        assert gpu_peak(arch, bigger) >= base_g, field
+        assert host_peak(arch, bigger) >= base_h, field
+
+
+@SETTINGS
+@given(arch=st.sampled_from(ARCHS), spec=specs(), stage=st.integers(0, 3))
+def test_gpu_memory_never_increases_with_a_higher_zero_stage(arch, spec, stage):
+    assume(stage > spec.zero_stage and not (spec.offload == "all" and stage != 3))
+    higher = spec.model_copy(update={"zero_stage": stage})
+    assert gpu_peak(arch, higher) <= gpu_peak(arch, spec)
+
+
+@SETTINGS
+@given(arch=st.sampled_from(ARCHS), spec=specs(), more_gpus=st.integers(0, 8), more_nodes=st.integers(0, 4))
+def test_gpu_memory_never_increases_with_more_gpus(arch, spec, more_gpus, more_nodes):
+    bigger = spec.model_copy(update={"gpus_per_node": spec.gpus_per_node + more_gpus, "nodes": spec.nodes + more_nodes})
+    assert gpu_peak(arch, bigger) <= gpu_peak(arch, spec)
+
+
+@SETTINGS
+@given(arch=st.sampled_from(ARCHS), spec=specs(method="lora"), targets=st.lists(st.sampled_from(LAYER_LINEARS), min_size=1, unique=True))
+def test_lora_never_needs_more_than_full(arch, spec, targets):
+    """Same setup with AdamW on the GPU. Restricted to where it holds physically: adapters on
+    the projections at rank <= h/64, no LoRA dropout. Outside it LoRA can need more GPU memory:
+    with dropout peft keeps a dropped copy of the input plus a mask per target, so a layer's
+    activations exceed full fine-tuning's (test_activations.py); with the optimizer offloaded or
+    SGD, LoRA holds base + adapters where full holds the base alone."""
+    assume(spec.offload == "none")
+    lora = spec.model_copy(
+        update={
+            "lora_targets": tuple(targets),
+            "modules_to_save": (),
+            "lora_dropout": 0.0,
+            "lora_rank": min(spec.lora_rank, arch.hidden_size // 64),
+            "optimizer": "adamw",
+        }
+    )
+    full = lora.model_copy(update={"method": "full"})
+    assert gpu_peak(arch, lora) <= gpu_peak(arch, full)
+    assert param_counts(arch, lora).trainable < param_counts(arch, full).trainable
+
+
+@SETTINGS
+@given(arch=st.sampled_from(ARCHS), spec=specs(method="lora"))
+def test_qlora_weights_are_smaller_than_lora_weights(arch, spec):
+    qlora = spec.model_copy(update={"method": "qlora", "precision": "bf16-mixed"})
+    lora = qlora.model_copy(update={"method": "lora"})
+    assert param_counts(arch, qlora).weights_bytes < param_counts(arch, lora).weights_bytes
+    q = gpu_memory(arch, qlora, CAL).phases["forward"].parameters
+    lo = gpu_memory(arch, lora, CAL).phases["forward"].parameters
+    assert q <= lo and (q < lo or spec.offload == "all")
+
+
+@SETTINGS
+@given(arch=st.sampled_from(ARCHS), spec=specs())
+def test_checkpointing_never_increases_activations(arch, spec):
+    on = spec.model_copy(update={"grad_ckpt": True})
+    off = spec.model_copy(update={"grad_ckpt": False})
+    act_on = max(s.activations for s in gpu_memory(arch, on, CAL).phases.values())
+    act_off = max(s.activations for s in gpu_memory(arch, off, CAL).phases.values())
+    assert act_on <= act_off
+    # The step's peak can exceed the no-checkpointing one by at most the checkpointed input of
+    # the bottom layer, held while that layer is recomputed when gradients dominate the peak.
+    layer_input = act.layer_checkpoint_input(arch, on, dtypes(on)).bytes
+    assert gpu_memory(arch, on, CAL).peak_allocated_bytes <= gpu_memory(arch, off, CAL).peak_allocated_bytes + layer_input
