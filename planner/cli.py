@@ -8,7 +8,6 @@ from __future__ import annotations
 import sys
 from typing import Literal
 
-import click
 import typer
 from pydantic import ValidationError
 
@@ -124,7 +123,8 @@ def plan(
     except ValidationError as exc:
         err = exc.errors()[0]
         msg = err["msg"].removeprefix("Value error, ")
-        raise PlannerError(msg) from None
+        where = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else ""
+        raise PlannerError(f"{where}: {msg}" if where else msg) from None
     if spec.method != "full":
         limit = max_lora_rank(arch, spec.lora_targets)
         if spec.lora_rank > limit:
@@ -158,18 +158,21 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point: maps every input error to one line on stderr and exit code 2."""
     try:
         rv = app(args=argv, prog_name="plan", standalone_mode=False)
-    except click.exceptions.UsageError as exc:
-        msg = exc.format_message()
-        print(f"plan: error: {msg}", file=sys.stderr)
-        return 2
-    except (PlannerError, click.ClickException) as exc:
+    except PlannerError as exc:
         print(f"plan: error: {exc}", file=sys.stderr)
         return 2
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("plan: aborted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as exc:
+        # typer's (vendored click's) usage errors: unknown option, bad choice, out of range.
+        if hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int):
+            msg = " ".join(exc.format_message().split())
+            print(f"plan: error: {msg}", file=sys.stderr)
+            return 2
+        raise
     return rv if isinstance(rv, int) else 0
 
 

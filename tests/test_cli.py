@@ -1,0 +1,201 @@
+"""The plan command as a user runs it: outputs, JSON contract, bad input, start-up."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from planner.cli import main
+
+GIB = 2**30
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def plan_json(capsys, *args: str) -> dict:
+    code, out, err = run(capsys, *args, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_70b_lora_fits_on_one_p4de(capsys):
+    p = plan_json(capsys, "--model", "70b", "--method", "lora", "--instance", "p4de.24xlarge")
+    assert p["memory"]["fits"] is True and p["memory"]["limiting"] == []
+    assert p["max_micro_batch_size"] >= 8
+
+
+def test_70b_full_does_not_fit_on_one_p4de_and_says_why(capsys):
+    """The seed: full-parameter 70B exceeded one p4de.24xlarge. With the seed's DeepSpeed
+    config (ZeRO-3, optimizer offloaded to CPU) the host RAM runs out; without offload the
+    GPUs do."""
+    p = plan_json(capsys, "--model", "70b", "--method", "full", "--instance", "p4de.24xlarge")
+    assert p["memory"]["fits"] is False and "host" in p["memory"]["limiting"]
+    assert p["memory"]["per_node_cpu"]["peak_bytes"] > p["memory"]["host_capacity_bytes"]
+    p = plan_json(capsys, "--model", "70b", "--method", "full", "--instance", "p4de.24xlarge", "--offload", "none")
+    assert p["memory"]["fits"] is False and "gpu" in p["memory"]["limiting"]
+
+
+def test_does_not_fit_table_names_the_resource(capsys):
+    code, out, _ = run(capsys, "--model", "70b", "--method", "full", "--instance", "p4de.24xlarge")
+    assert code == 0
+    assert "DOES NOT FIT" in out and "host RAM" in out and "RUNS OUT" in out
+
+
+def test_table_shows_categories_phases_and_gib(capsys):
+    code, out, _ = run(capsys, "--model", "7b", "--method", "lora", "--instance", "p4de.24xlarge")
+    assert code == 0
+    for word in ("Parameters", "Gradients", "Optimizer states", "Activations", "Temporaries", "checkpoint save", "GiB", "FITS"):
+        assert word in out
+    assert "Cited defaults, not fitted" in out  # says which numbers are calibrated
+
+
+CONTRACT = [
+    "parameters.total",
+    "parameters.trainable",
+    *(
+        f"memory.per_gpu.{k}"
+        for k in (
+            "parameters_bytes",
+            "gradients_bytes",
+            "optimizer_states_bytes",
+            "activations_bytes",
+            "temporaries_bytes",
+            "overhead_bytes",
+            "peak_allocated_bytes",
+            "peak_reserved_bytes",
+            "peak_bytes",
+        )
+    ),
+    *(f"memory.per_gpu.phase_peaks_bytes.{k}" for k in ("forward", "backward", "optimizer_step", "checkpoint_save")),
+    "memory.per_node_cpu.peak_bytes",
+    "memory.gpu_capacity_bytes",
+    "memory.host_capacity_bytes",
+    "memory.fits",
+    "max_micro_batch_size",
+    *(f"checkpoint.{k}" for k in ("model_weights_bytes", "adapter_bytes", "training_state_bytes", "merged_model_bytes")),
+    "calibration.id",
+]
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "qlora"])
+def test_json_has_the_documented_keys(capsys, method):
+    p = plan_json(capsys, "--model", "13b", "--method", method, "--instance", "p4de.24xlarge")
+    for dotted in CONTRACT:
+        node = p
+        for part in dotted.split("."):
+            assert part in node, dotted
+            node = node[part]
+    g = p["memory"]["per_gpu"]
+    cats = sum(g[f"{c}_bytes"] for c in ("parameters", "gradients", "optimizer_states", "activations", "temporaries"))
+    assert cats == g["peak_allocated_bytes"] == g["phase_peaks_bytes"][g["peak_phase"]]
+    assert g["overhead_bytes"] == g["peak_bytes"] - g["peak_allocated_bytes"]
+    assert g["peak_allocated_bytes"] <= g["peak_reserved_bytes"] <= g["peak_bytes"]
+
+
+def test_readme_documents_every_contract_key():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for dotted in CONTRACT:
+        leaf = dotted.split(".")[-1]
+        assert leaf in readme, dotted
+
+
+def test_gpu_and_count_instead_of_instance(capsys):
+    p = plan_json(capsys, "--model", "7b", "--gpu", "A100", "--gpus", "2", "--method", "qlora")
+    assert p["inputs"]["hardware"]["gpus_per_node"] == 2 and p["inputs"]["hardware"]["gpu"] == "a100-80gb"
+    assert p["memory"]["host_capacity_bytes"] is None and p["memory"]["fits_host"] is None
+
+
+def test_config_json_path_is_accepted(capsys, tmp_path):
+    cfg = json.loads((Path(__file__).parents[1] / "data" / "architectures" / "mistral-7b-v0.1.json").read_text())
+    cfg.pop("_catalog")
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    p = plan_json(capsys, "--model", str(path), "--gpu", "h100", "--method", "full", "--offload", "none")
+    assert p["parameters"]["total"] == 7_241_732_096
+    p = plan_json(capsys, "--model", str(tmp_path), "--gpu", "h100")  # a folder holding config.json
+    assert p["parameters"]["base"] == 7_241_732_096
+
+
+@pytest.mark.parametrize("what,expect", [("models", "llama-2-70b"), ("gpus", "a100-80gb"), ("instances", "p4de.24xlarge")])
+def test_list(capsys, what, expect):
+    code, out, _ = run(capsys, "list", what)
+    assert code == 0 and expect in out
+
+
+BAD = {
+    "unknown model": (["--model", "llama-9b", "--gpu", "a100"], "did you mean"),
+    "unknown gpu": (["--model", "7b", "--gpu", "a100-80"], "did you mean"),
+    "unknown instance": (["--model", "7b", "--instance", "p4de.24xlage"], "did you mean"),
+    "zero batch": (["--model", "7b", "--gpu", "a100", "--batch-size", "0"], "batch-size"),
+    "negative seq": (["--model", "7b", "--gpu", "a100", "--seq-len", "-5"], "seq-len"),
+    "zero gpus": (["--model", "7b", "--gpu", "a100", "--gpus", "0"], "gpus"),
+    "negative nodes": (["--model", "7b", "--gpu", "a100", "--nodes", "-1"], "nodes"),
+    "rank above layer": (["--model", "7b", "--gpu", "a100", "--lora-rank", "5000"], "larger than"),
+    "zero stage 4": (["--model", "7b", "--gpu", "a100", "--zero", "4"], "zero"),
+    "bad method": (["--model", "7b", "--gpu", "a100", "--method", "prefix"], "method"),
+    "bad lora target": (["--model", "7b", "--gpu", "a100", "--lora-targets", "q_proj,mlp"], "unknown LoRA module"),
+    "dropout 1": (["--model", "7b", "--gpu", "a100", "--lora-dropout", "1"], "dropout"),
+    "offload all without zero 3": (["--model", "7b", "--gpu", "a100", "--zero", "2", "--offload", "all"], "zero 3"),
+    "no hardware": (["--model", "7b"], "instance"),
+    "no model": (["--gpu", "a100"], "model"),
+    "unreadable path": (["--model", "/nonexistent/dir/config.json", "--gpu", "a100"], "cannot read"),
+    "unknown option": (["--model", "7b", "--gpu", "a100", "--bogus"], "bogus"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_one_line_and_exit_2(capsys, case):
+    args, needle = BAD[case]
+    code, out, err = run(capsys, *args)
+    assert code == 2
+    assert "Traceback" not in err and out == ""
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1, err
+    assert needle.lower() in lines[0].lower()
+
+
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"model_type": "gpt2", "hidden_size": 768}', "not supported"),
+        ('{"model_type": "llama", "hidden_size": 4096}', "invalid config.json field"),
+        (
+            '{"model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, '
+            '"num_attention_heads": 30, "vocab_size": 32000}',
+            "divisible",
+        ),
+        ("[1, 2]", "JSON object"),
+    ],
+    ids=["malformed", "non-llama", "missing-fields", "inconsistent-heads", "not-an-object"],
+)
+def test_bad_config_json_is_exit_2(capsys, tmp_path, content, needle):
+    path = tmp_path / "config.json"
+    path.write_text(content)
+    code, out, err = run(capsys, "--model", str(path), "--gpu", "a100")
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert needle.lower() in err.lower()
+
+
+def test_bad_input_in_a_real_process_has_no_traceback():
+    r = subprocess.run([sys.executable, "-m", "planner.cli", "--model", "llama-9b", "--gpu", "a100"], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "did you mean" in r.stderr
+
+
+def test_planner_and_cli_never_import_torch():
+    code = (
+        "import sys; from planner.cli import main; import planner.plan, planner.render;"
+        "rc = main(['--model', '70b', '--instance', 'p4de.24xlarge', '--json']);"
+        "heavy = [m for m in ('torch', 'transformers', 'peft', 'deepspeed', 'accelerate') if m in sys.modules];"
+        "assert rc == 0 and not heavy, heavy"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
