@@ -1,0 +1,93 @@
+"""Hand-worked activation inventories (Llama 2 7B: h=4096, i=11008, a=32, d=128)."""
+
+from __future__ import annotations
+
+from planner.catalog import find_model
+from planner.formulas import activations as act
+from planner.formulas.dtypes import PRECISIONS
+from planner.spec import TrainingSpec
+
+A7 = find_model("7b")
+A70 = find_model("70b")
+BF16 = PRECISIONS["bf16-mixed"]
+T = 2 * 512  # micro batch 2 x sequence 512
+TH, TI = T * 4096, T * 11008
+
+
+def layer(spec: TrainingSpec, arch=A7, dt=BF16) -> dict[str, int]:
+    return {x.name: x.bytes for x in act.layer_inventory(arch, spec, dt)}
+
+
+def test_full_finetuning_sdpa_layer_is_26Th_plus_8Ti_bytes():
+    inv = layer(TrainingSpec(method="full", micro_batch_size=2, seq_len=512, attention="sdpa"))
+    # two norms: fp32 upcast (4Th) + normalized (2Th) each; inputs of qkv, o, gate/up (2Th each);
+    # sdpa keeps q, k, v and out (4 x 2Th) and an fp32 logsumexp (4*b*a*s); the MLP keeps gate,
+    # silu, up and the down input (4 x 2Ti).
+    lse = 4 * 2 * 32 * 512
+    assert sum(inv.values()) == 26 * TH + 8 * TI + lse == 199_360_512
+    assert inv["qkv.input"] == 2 * TH and inv["down.input"] == 2 * TI
+
+
+def test_lora_dropout_keeps_a_copy_and_mask_per_target():
+    """peft applies its own nn.Dropout per target: each keeps a bf16 dropped copy (2 bytes)
+    and a bool mask (1 byte) of its input; lora_A's output (T x r) is kept for lora_B."""
+    spec = TrainingSpec(method="lora", micro_batch_size=2, seq_len=512, lora_dropout=0.05)
+    inv = layer(spec)
+    assert inv["qkv.q_proj.lora_dropout_mask"] == TH and inv["qkv.q_proj.lora_dropout_out"] == 2 * TH
+    assert inv["down.down_proj.lora_dropout_out"] == 2 * TI
+    lse, lora_outs = 4 * 2 * 32 * 512, 7 * 2 * T * 8
+    # norms 2 x 4Th (frozen weights: no normalized copy); qkv 3 x 3Th; attention 4 x 2Th; o 3Th;
+    # gate/up 2 x 3Th; MLP 3 x 2Ti; down 3Ti.
+    assert sum(inv.values()) == 34 * TH + 9 * TI + lse + lora_outs == 244_301_824
+    full = layer(TrainingSpec(method="full", micro_batch_size=2, seq_len=512))
+    assert sum(inv.values()) > sum(full.values())  # dropout makes LoRA's layer larger than full's
+
+
+def test_lora_without_dropout_shares_the_input_and_keeps_less_than_full():
+    inv = layer(TrainingSpec(method="lora", micro_batch_size=2, seq_len=512, lora_dropout=0.0))
+    assert inv["qkv.input"] == 2 * TH and "qkv.q_proj.lora_dropout_out" not in inv
+    full = layer(TrainingSpec(method="full", micro_batch_size=2, seq_len=512))
+    assert sum(full.values()) - sum(inv.values()) == 2 * 2 * TH - 7 * 2 * T * 8  # two normalized copies vs lora_A outputs
+
+
+def test_frozen_projection_without_lora_keeps_nothing_of_its_input():
+    inv = layer(TrainingSpec(method="lora", micro_batch_size=2, seq_len=512, lora_targets=("q_proj", "v_proj"), lora_dropout=0.0))
+    assert "o.input" not in inv and "down.input" not in inv and "gate_up.input" not in inv
+    assert inv["qkv.input"] == 2 * TH
+
+
+def test_eager_attention_keeps_fp32_scores_and_bf16_probabilities():
+    inv = layer(TrainingSpec(method="full", micro_batch_size=1, seq_len=1024, attention="eager"))
+    assert inv["attn.softmax_fp32"] == 4 * 32 * 1024 * 1024 == 134_217_728
+    assert inv["attn.probs"] == 2 * 32 * 1024 * 1024
+
+
+def test_flash_attention_keeps_grouped_kv_unrepeated():
+    inv = layer(TrainingSpec(method="full", micro_batch_size=1, seq_len=4096, attention="flash"), arch=A70)
+    assert inv["attn.q_rope"] == 2 * 4096 * 64 * 128
+    assert inv["attn.k_rope"] == inv["attn.v"] == 2 * 4096 * 8 * 128  # 8 kv heads: 8x smaller than q
+    sdpa = layer(TrainingSpec(method="full", micro_batch_size=1, seq_len=4096, attention="sdpa"), arch=A70)
+    assert sdpa["attn.k_repeated"] == inv["attn.q_rope"]  # transformers repeats k/v for SDPA with a mask
+
+
+def test_logits_and_fp32_loss_upcast():
+    spec = TrainingSpec(method="lora", micro_batch_size=8, seq_len=512)
+    items = {x.name: x.bytes for x in act.model_level_saved(A7, spec, BF16)}
+    tokens = 8 * 512
+    assert items["logits"] == 2 * tokens * 32000 and items["log_softmax_fp32"] == 4 * tokens * 32000
+    assert act.loss_forward_transient(A7, spec, BF16) == 4 * tokens * 32000
+    assert act.loss_forward_transient(A7, spec, PRECISIONS["fp32"]) == 0  # logits already fp32
+
+
+def test_checkpointing_keeps_only_the_layer_input():
+    spec = TrainingSpec(method="full", micro_batch_size=2, seq_len=512)
+    assert act.layer_checkpoint_input(A7, spec, BF16).bytes == 2 * TH
+    assert act.layer_checkpoint_input(A7, spec, PRECISIONS["amp-bf16"]).bytes == 4 * TH  # fp32 residual stream
+
+
+def test_amp_keeps_bf16_weight_casts_and_per_consumer_input_casts():
+    inv = layer(TrainingSpec(method="full", precision="amp-bf16", micro_batch_size=2, seq_len=512), dt=PRECISIONS["amp-bf16"])
+    per_layer_linear_weights = 4 * 4096 * 4096 + 3 * 4096 * 11008
+    assert inv["autocast_weight_casts"] == 2 * per_layer_linear_weights
+    # the fp32 norm output is cast to bf16 separately by q, k and v
+    assert inv["qkv.q_proj.input_cast"] == inv["qkv.k_proj.input_cast"] == 2 * TH
