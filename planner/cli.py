@@ -68,6 +68,9 @@ def plan(
     ),
     double_quant: bool = typer.Option(True, "--double-quant/--no-double-quant", help="QLoRA double quantization."),
     calibration: str = typer.Option("default", "--calibration", help="Name of a data/calibration/*.json file."),
+    storage_gb: float | None = typer.Option(
+        None, "--storage-gb", min=0.0, help="Disk budget in GB (10^9 bytes): how many fine-tuned models fit, base included."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON (raw integer bytes)."),
 ) -> None:
     """Plan memory per GPU and per node, the largest micro batch that fits, and checkpoint sizes.
@@ -131,7 +134,8 @@ def plan(
             raise PlannerError(
                 f"--lora-rank {spec.lora_rank} is larger than the smallest targeted layer dimension ({limit}) of {arch.name}"
             )
-    result = build_plan(arch, spec, the_gpu, inst, load_calibration(calibration))
+    storage = None if storage_gb is None else int(storage_gb * 10**9)
+    result = build_plan(arch, spec, the_gpu, inst, load_calibration(calibration), storage_bytes=storage)
     if as_json:
         sys.stdout.write(result.model_dump_json(indent=2) + "\n")
     else:

@@ -195,6 +195,10 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
     }
     if zero >= 2:
         grad_at = {k: 0 if offload_opt else ceil_div(v, n) for k, v in grad_at.items()}
+    # With gradient accumulation the summed gradients of earlier micro batches stay allocated
+    # through the forward and backward of the next ones.
+    accumulated = grad_at["all"] if spec.grad_accum > 1 else 0
+    grad_at = {k: max(v, accumulated) for k, v in grad_at.items()}
 
     # -- optimizer: fp32 master (mixed precision) + moments, sharded from stage 1 on.
     opt_full = pc.trainable * dt.master + optimizer_state_bytes(spec.optimizer, dt, pc.trainable)
@@ -232,7 +236,7 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
     layer_bwd = act.layer_backward_transient(arch, spec, dt)
     fwd = Split(
         parameters=resident,
-        gradients=0,
+        gradients=accumulated,
         optimizer_states=opt,
         activations=L * per_layer_saved + model_bytes + act.loss_forward_transient(arch, spec, dt),
         temporaries=live + dequant,
@@ -240,7 +244,7 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
     no_logits = model_bytes - act.total(logits_items)
     moments = [
         # the loss gradient: everything saved plus the fp32 gradients of log_softmax
-        Split(resident, 0, opt, L * per_layer_saved + model_bytes, live + act.loss_backward_transient(arch, spec)),
+        Split(resident, accumulated, opt, L * per_layer_saved + model_bytes, live + act.loss_backward_transient(arch, spec)),
         # the first (top) layer's backward, its activations recomputed if checkpointing
         Split(resident, grad_at["first_layer"], opt, saved_layers(L) + no_logits, live + dequant + layer_bwd + buckets),
         # the last (bottom) layer's backward: gradients nearly complete

@@ -141,6 +141,10 @@ class Checkpoint(_Out):
     adapter_embedding_layers_bytes: int | None
     training_state_bytes: int
     merged_model_bytes: int
+    storage_bytes: int | None = Field(default=None, description="Disk budget given with --storage-gb.")
+    models_in_storage: int | None = Field(
+        default=None, description="Fine-tuned models that fit in storage_bytes: full checkpoints, or adapters beside one base model."
+    )
 
 
 class CoefficientUse(_Out):
@@ -163,9 +167,23 @@ class Plan(_Out):
     max_micro_batch_size: int = Field(description="Largest micro batch per GPU that fits GPU and host; 0 if none.")
     max_micro_batch_size_gpu: int = Field(description="Largest micro batch per GPU that fits GPU memory alone.")
     checkpoint: Checkpoint
+    warnings: list[str] = Field(default_factory=list, description="Things the plan cannot vouch for.")
     calibration: CalibrationInfo
     throughput: None = Field(default=None, description="Reserved: tokens/s (a later issue).")
     cost: None = Field(default=None, description="Reserved: time and dollars per epoch (a later issue).")
+
+
+def _warnings(arch: Architecture, spec: TrainingSpec, gpu: Gpu, instance: Instance | None) -> list[str]:
+    out = []
+    if spec.precision in ("bf16-mixed", "amp-bf16", "bf16") and "bf16" not in gpu.peak_flops_per_s:
+        out.append(f"{gpu.name} has no bf16 support: bf16 training fails or is emulated there; use --precision fp16-mixed")
+    if spec.attention == "flash" and "bf16" not in gpu.peak_flops_per_s:
+        out.append(f"flash-attention 2 needs an Ampere or newer GPU; {gpu.name} is older")
+    if arch.max_position_embeddings and spec.seq_len > arch.max_position_embeddings:
+        out.append(f"--seq-len {spec.seq_len} exceeds the model's max_position_embeddings ({arch.max_position_embeddings})")
+    if instance is None:
+        out.append("host RAM not checked: give --instance to check offloading, loading and checkpoint spikes against a real node")
+    return out
 
 
 def _fits(
@@ -213,6 +231,7 @@ def build_plan(
     gpu: Gpu,
     instance: Instance | None = None,
     calibration: Calibration | None = None,
+    storage_bytes: int | None = None,
 ) -> Plan:
     cal = calibration or load_calibration()
     pc = param_counts(arch, spec)
@@ -280,6 +299,14 @@ def build_plan(
         adapter_embedding_layers_bytes=adapter.embedding_layers_bytes if adapter else None,
         training_state_bytes=ckpt.training_state_bytes(spec, pc.trainable),
         merged_model_bytes=ckpt.merged_model_bytes(arch, spec),
+        storage_bytes=storage_bytes,
+        models_in_storage=None
+        if storage_bytes is None
+        else (
+            ckpt.copies_that_fit(storage_bytes, weights_bytes)
+            if adapter is None
+            else ckpt.copies_that_fit(storage_bytes, adapter.total, weights_bytes)
+        ),
     )
     hardware = Hardware(
         gpu=gpu.id,
@@ -298,6 +325,7 @@ def build_plan(
         max_micro_batch_size=max_micro_batch(arch, spec, gpu, host_capacity, cal, save_bytes),
         max_micro_batch_size_gpu=max_micro_batch(arch, spec, gpu, host_capacity, cal, save_bytes, gpu_only=True),
         checkpoint=checkpoint,
+        warnings=_warnings(arch, spec, gpu, instance),
         calibration=CalibrationInfo(
             id=cal.id,
             fitted=cal.fitted,

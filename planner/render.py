@@ -143,6 +143,11 @@ def render_plan(plan: Plan, console: Console) -> None:
     cks.add_row("training state (weights + fp32 master + optimizer)", gib(ck.training_state_bytes), f"{ck.training_state_bytes:,}")
     cks.add_row("merged model", gib(ck.merged_model_bytes), f"{ck.merged_model_bytes:,}")
     console.print(cks)
+    if ck.storage_bytes is not None:
+        what = "full fine-tuned models" if ck.adapter_bytes is None else "LoRA adapters beside one base model"
+        console.print(f"{ck.storage_bytes / 1e9:,.0f} GB of storage holds [bold]{ck.models_in_storage:,}[/] {what}.")
+    for w in plan.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
 
     cal = plan.calibration
     defaults = [k for k, v in cal.coefficients.items() if not v.calibrated]

@@ -199,3 +199,31 @@ def test_planner_and_cli_never_import_torch():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_storage_budget_counts_models_beside_the_base(capsys):
+    """The seed's arithmetic from the CLI: ~700 bf16 LoRA 70B adapters plus the base in 280 GB."""
+    p = plan_json(
+        capsys, "--model", "70b", "--instance", "p4de.24xlarge", "--lora-targets", "all", "--added-tokens", "4",
+        "--adapter-dtype", "bf16", "--save-embedding-layers", "rows", "--storage-gb", "280",
+    )  # fmt: skip
+    assert p["checkpoint"]["storage_bytes"] == 280 * 10**9
+    assert p["checkpoint"]["models_in_storage"] == pytest.approx(700, rel=0.10)
+    p = plan_json(capsys, "--model", "7b", "--method", "full", "--instance", "p4de.24xlarge", "--storage-gb", "280")
+    assert p["checkpoint"]["models_in_storage"] == 20
+
+
+def test_warnings_for_what_the_hardware_cannot_do(capsys):
+    p = plan_json(capsys, "--model", "7b", "--gpu", "t4", "--attention", "flash", "--seq-len", "5000")
+    text = " ".join(p["warnings"])
+    assert "no bf16" in text and "flash-attention" in text and "max_position_embeddings" in text and "host RAM not checked" in text
+    p = plan_json(capsys, "--model", "7b", "--instance", "p4de.24xlarge")
+    assert p["warnings"] == []
+
+
+def test_gradient_accumulation_keeps_gradients_through_the_next_forward(capsys):
+    args = ("--model", "7b", "--method", "full", "--gpu", "a100", "--zero", "1", "--offload", "none")
+    one = plan_json(capsys, *args)["memory"]["per_gpu"]["phase_splits_bytes"]["forward"]
+    four = plan_json(capsys, *args, "--grad-accum", "4")["memory"]["per_gpu"]["phase_splits_bytes"]["forward"]
+    assert one["gradients_bytes"] == 0
+    assert four["gradients_bytes"] == 2 * 6_738_415_616  # bf16 gradients of every parameter
