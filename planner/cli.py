@@ -60,8 +60,8 @@ def plan(
     lora_targets: str = typer.Option("all-linear", "--lora-targets", help="all-linear, all (+ embed_tokens, lm_head), or a comma list."),
     modules_to_save: str = typer.Option("", "--modules-to-save", help="Comma list, e.g. embed_tokens,lm_head."),
     added_tokens: int = typer.Option(0, "--added-tokens", min=0, help="Tokens added to the vocabulary (the seed: 4)."),
-    adapter_dtype: Literal["fp32", "bf16", "fp16"] = typer.Option(
-        "fp32", "--adapter-dtype", case_sensitive=False, help="dtype of the saved adapter (peft default fp32)."
+    adapter_dtype: Literal["auto", "fp32", "bf16", "fp16"] = typer.Option(
+        "auto", "--adapter-dtype", case_sensitive=False, help="dtype of the saved adapter (peft default fp32)."
     ),
     save_embedding_layers: Literal["auto", "targets", "full", "rows", "none"] = typer.Option(
         "auto", "--save-embedding-layers", case_sensitive=False, help="Which embedding layers the adapter carries in full (see README)."

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from planner.calibration import Calibration
 from planner.formulas import activations as act
 from planner.formulas import params as prm
-from planner.formulas.dtypes import PRECISIONS, Dtypes, optimizer_state_bytes, optimizer_step_temp_bytes
+from planner.formulas.dtypes import PRECISIONS, Dtypes, adapter_bytes_per_elem, optimizer_state_bytes, optimizer_step_temp_bytes
 from planner.formulas.zero import (
     ceil_div,
     persistence_threshold_elems,
@@ -46,6 +46,9 @@ class ParamCounts:
     persistent_bytes: int  # small parameters ZeRO-3 keeps whole on every rank
     trainable_per_layer: int
     trainable_outside_layers: int
+    grad_bytes_per_layer: int  # gradients of one layer's trainable parameters
+    grad_bytes_head: int  # gradients produced at the start of backward (lm_head, final norm)
+    grad_bytes_total: int
     largest_module_bytes: int
 
 
@@ -124,17 +127,20 @@ def param_counts(arch: Architecture, spec: TrainingSpec) -> ParamCounts:
         per_layer = prm.layer_params(arch)
         outside = base - L * per_layer
         weights = base * dt.weight
+        grad_layer, grad_total = per_layer * dt.grad, base * dt.grad
     else:
         lora = prm.lora_params(arch, spec.lora_targets, spec.lora_rank, added)
         mts = prm.modules_to_save_params(arch, spec.modules_to_save, added)
         trainable = lora + mts
         per_layer = sum(prm.lora_module_params(arch, t, spec.lora_rank) for t in spec.lora_targets if t in LAYER_LINEARS)
         outside = trainable - L * per_layer
+        grad_layer, grad_total = per_layer * adapter_bytes_per_elem(spec), lora * adapter_bytes_per_elem(spec) + mts * dt.grad
         if spec.method == "qlora":
             frozen_bytes = prm.qlora_linear_bytes(arch, spec.qlora_double_quant) + (base - prm.linear_weight_params(arch)) * 2
         else:
             frozen_bytes = base * dt.weight
-        weights = frozen_bytes + trainable * dt.weight
+        ab = adapter_bytes_per_elem(spec)  # LoRA A/B live (and get gradients) in the adapter dtype
+        weights = frozen_bytes + lora * ab + mts * dt.weight
     if spec.method == "qlora":
         lin_bytes = max(prm.nf4_tensor_bytes(s.weight_numel, spec.qlora_double_quant) for s in linears.values())
         emb_bytes = v * h * 2
@@ -152,6 +158,9 @@ def param_counts(arch: Architecture, spec: TrainingSpec) -> ParamCounts:
         persistent_bytes=min(weights, small * dt.weight),
         trainable_per_layer=per_layer,
         trainable_outside_layers=outside,
+        grad_bytes_per_layer=grad_layer,
+        grad_bytes_head=max(0, grad_total - L * grad_layer - _embedding_grad_bytes(arch, spec)),
+        grad_bytes_total=grad_total,
         largest_module_bytes=max(lin_bytes, emb_bytes),
     )
 
@@ -186,19 +195,21 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
     #    partitions live on the host. NB: DeepSpeed's contiguous-gradient buffers keep the
     #    partition allocated between steps; counted here from backward on.
     g = dt.grad
-    head = (pc.trainable_outside_layers - _embedding_trainable(arch, spec)) * g
+    head = pc.grad_bytes_head
     grad_at = {
         "head": head,
-        "first_layer": head + pc.trainable_per_layer * g,
-        "last_layer": head + L * pc.trainable_per_layer * g,
-        "all": pc.trainable * g,
+        "first_layer": head + pc.grad_bytes_per_layer,
+        "last_layer": head + L * pc.grad_bytes_per_layer,
+        "all": pc.grad_bytes_total,
     }
     if zero >= 2:
         grad_at = {k: 0 if offload_opt else ceil_div(v, n) for k, v in grad_at.items()}
-    # With gradient accumulation the summed gradients of earlier micro batches stay allocated
-    # through the forward and backward of the next ones.
-    accumulated = grad_at["all"] if spec.grad_accum > 1 else 0
-    grad_at = {k: max(v, accumulated) for k, v in grad_at.items()}
+    # Gradients that stay allocated outside backward: ZeRO-3 keeps its gradient partitions in
+    # one flat buffer allocated at init (stage3.py ``grad_partitions_flat_buffer``, on the GPU
+    # unless the optimizer is offloaded); with gradient accumulation the summed gradients of
+    # earlier micro batches stay allocated through the next ones.
+    standing = grad_at["all"] if (spec.grad_accum > 1 or zero == 3) else 0
+    grad_at = {k: max(v, standing) for k, v in grad_at.items()}
 
     # -- optimizer: fp32 master (mixed precision) + moments, sharded from stage 1 on.
     opt_full = pc.trainable * dt.master + optimizer_state_bytes(spec.optimizer, dt, pc.trainable)
@@ -210,9 +221,14 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         step_elems = min(step_elems, ds.sub_group_size)
     step_temp = 0
     if not offload_opt:
-        step_temp = (4 * step_elems if dt.master else 0) + optimizer_step_temp_bytes(spec.optimizer, dt, step_elems)
+        # ZeRO flattens the 16-bit gradients and converts them to fp32 for the master step
+        # (stage3.py ``self.flatten(grads).to(fp32)``): both copies exist at once.
+        flat = (g + 4) * step_elems if dt.master else 0
+        step_temp = flat + optimizer_step_temp_bytes(spec.optimizer, dt, step_elems)
 
-    buckets = reduce_buckets_bytes(zero, pc.trainable, reduce_bucket_elems(arch, ds), g, ds)
+    # Reduce buckets: allocated whole (reduce_bucket_size elements), for ZeRO-3 at init.
+    buckets = reduce_buckets_bytes(zero, reduce_bucket_elems(arch, ds), g, ds)
+    standing_buckets = buckets if zero == 3 else 0
     dequant = 0
     if spec.method == "qlora":  # bnb dequantizes one weight to 16 bit for each matmul
         dequant = max(s.weight_numel for s in prm.layer_linears(arch).values()) * 2
@@ -234,17 +250,26 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         return k * per_layer_saved + (recompute if k > 0 else 0)
 
     layer_bwd = act.layer_backward_transient(arch, spec, dt)
+    # Autocast caches a bf16 copy of every trainable fp32 weight until the outermost autocast
+    # exits (torch/amp/autocast_mode.py; accelerate wraps the whole forward): with
+    # checkpointing those copies are not among the saved tensors, so they come on top.
+    autocast_cache = 0
+    if spec.precision == "amp-bf16" and spec.method == "full":
+        lm_head = prm.vocab(arch, spec.added_tokens) * arch.hidden_size * dt.act
+        autocast_cache = lm_head + (L * act.autocast_weight_cast_bytes(arch, dt) if spec.grad_ckpt else 0)
     fwd = Split(
         parameters=resident,
-        gradients=accumulated,
+        gradients=standing,
         optimizer_states=opt,
-        activations=L * per_layer_saved + model_bytes + act.loss_forward_transient(arch, spec, dt),
-        temporaries=live + dequant,
+        activations=L * per_layer_saved + model_bytes + act.loss_forward_transient(arch, spec, dt) + autocast_cache,
+        temporaries=live + dequant + standing_buckets,
     )
     no_logits = model_bytes - act.total(logits_items)
     moments = [
         # the loss gradient: everything saved plus the fp32 gradients of log_softmax
-        Split(resident, accumulated, opt, L * per_layer_saved + model_bytes, live + act.loss_backward_transient(arch, spec)),
+        Split(
+            resident, standing, opt, L * per_layer_saved + model_bytes, live + act.loss_backward_transient(arch, spec) + standing_buckets
+        ),
         # the first (top) layer's backward, its activations recomputed if checkpointing
         Split(resident, grad_at["first_layer"], opt, saved_layers(L) + no_logits, live + dequant + layer_bwd + buckets),
         # the last (bottom) layer's backward: gradients nearly complete
@@ -253,8 +278,8 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         Split(resident, grad_at["all"], opt, 0, live + buckets),
     ]
     bwd = max(moments, key=lambda x: x.total)
-    step = Split(resident, grad_at["all"], opt, 0, step_temp)
-    save = Split(resident, 0, opt, 0, live if zero == 3 else 0)
+    step = Split(resident, grad_at["all"], opt, 0, step_temp + standing_buckets)
+    save = Split(resident, standing, opt, 0, (live if zero == 3 else 0) + standing_buckets)
     phases = {"forward": fwd, "backward": bwd, "optimizer_step": step, "checkpoint_save": save}
     peak_phase = max(GPU_PHASES, key=lambda p: phases[p].total)
     allocated = phases[peak_phase].total
@@ -271,15 +296,16 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
     )
 
 
-def _embedding_trainable(arch: Architecture, spec: TrainingSpec) -> int:
-    """Trainable elements of the input embedding (their gradient appears last in backward)."""
+def _embedding_grad_bytes(arch: Architecture, spec: TrainingSpec) -> int:
+    """Gradient bytes of the input embedding's trainable parts (they appear last in backward)."""
+    dt = dtypes(spec)
     if spec.method == "full":
-        return prm.embedding_params(arch, spec.added_tokens)
+        return prm.embedding_params(arch, spec.added_tokens) * dt.grad
     out = 0
     if "embed_tokens" in spec.lora_targets:
-        out += prm.lora_module_params(arch, "embed_tokens", spec.lora_rank, spec.added_tokens)
+        out += prm.lora_module_params(arch, "embed_tokens", spec.lora_rank, spec.added_tokens) * adapter_bytes_per_elem(spec)
     if "embed_tokens" in spec.modules_to_save:
-        out += prm.embedding_params(arch, spec.added_tokens)
+        out += prm.embedding_params(arch, spec.added_tokens) * dt.grad
     return out
 
 
@@ -300,7 +326,9 @@ def host_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration, save_b
     process = ranks * cal.bytes("host_process_bytes")
     offload_opt = 0
     if spec.offload in ("optimizer", "all"):
-        per_elem = 4 + 8 + 4  # fp32 master + two fp32 moments + fp32 gradient
+        # fp32 master + two fp32 moments + fp32 gradient; ZeRO-3 also pins its 16-bit gradient
+        # partition buffer on the host (stage3.py grad_partitions_flat_buffer).
+        per_elem = 4 + 8 + 4 + (dt.grad if spec.zero_stage == 3 else 0)
         offload_opt = ranks * ceil_div(pc.trainable * per_elem, n)
     offload_params = ranks * ceil_div(pc.weights_bytes, n) if spec.offload == "all" else 0
     if spec.zero_stage == 3 or spec.method == "qlora":

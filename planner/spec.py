@@ -16,7 +16,7 @@ Precision = Literal["bf16-mixed", "amp-bf16", "bf16", "fp16-mixed", "fp32"]
 Optimizer = Literal["adamw", "adamw8bit", "sgd"]
 Attention = Literal["eager", "sdpa", "flash"]
 Offload = Literal["none", "optimizer", "all"]
-AdapterDtype = Literal["fp32", "bf16", "fp16"]
+AdapterDtype = Literal["auto", "fp32", "bf16", "fp16"]
 EmbeddingSave = Literal["auto", "targets", "full", "rows", "none"]
 
 #: The seven projections of a Llama-family decoder layer, in module order.
@@ -64,7 +64,7 @@ class TrainingSpec(BaseModel):
     lora_targets: tuple[str, ...] = LAYER_LINEARS
     modules_to_save: tuple[str, ...] = ()
     added_tokens: int = Field(default=0, ge=0)
-    adapter_dtype: AdapterDtype = "fp32"
+    adapter_dtype: AdapterDtype = "auto"
     save_embedding_layers: EmbeddingSave = "auto"
     qlora_double_quant: bool = True
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()

@@ -18,23 +18,29 @@ def layer(spec: TrainingSpec, arch=A7, dt=BF16) -> dict[str, int]:
     return {x.name: x.bytes for x in act.layer_inventory(arch, spec, dt)}
 
 
-def test_full_finetuning_sdpa_layer_is_26Th_plus_8Ti_bytes():
+def test_full_finetuning_sdpa_layer_is_24Th_plus_8Ti_bytes():
     inv = layer(TrainingSpec(method="full", micro_batch_size=2, seq_len=512, attention="sdpa"))
-    # two norms: fp32 upcast (4Th) + normalized (2Th) each; inputs of qkv, o, gate/up (2Th each);
-    # sdpa keeps q, k, v and out (4 x 2Th) and an fp32 logsumexp (4*b*a*s); the MLP keeps gate,
-    # silu, up and the down input (4 x 2Ti).
+    # two norms: fp32 upcast (4Th) + normalized (2Th) each; inputs of qkv and gate/up (2Th each);
+    # sdpa keeps q, k, v and its output (4 x 2Th), which is also what o_proj keeps; an fp32
+    # logsumexp (4*b*a*s); the MLP keeps gate, silu, up and the down input (4 x 2Ti).
     lse = 4 * 2 * 32 * 512
-    assert sum(inv.values()) == 26 * TH + 8 * TI + lse == 199_360_512
-    assert inv["qkv.input"] == 2 * TH and inv["down.input"] == 2 * TI
+    assert sum(inv.values()) == 24 * TH + 8 * TI + lse == 190_971_904
+    assert inv["qkv.input"] == 2 * TH and inv["down.input"] == 2 * TI and "o.input" not in inv
+
+
+def test_eager_attention_output_is_copied_for_o_proj():
+    inv = layer(TrainingSpec(method="full", micro_batch_size=2, seq_len=512, attention="eager"))
+    assert inv["o.input"] == 2 * TH
 
 
 def test_lora_dropout_keeps_a_copy_and_mask_per_target():
-    """peft applies its own nn.Dropout per target: each keeps a bf16 dropped copy (2 bytes)
-    and a bool mask (1 byte) of its input; lora_A's output (T x r) is kept for lora_B."""
-    spec = TrainingSpec(method="lora", micro_batch_size=2, seq_len=512, lora_dropout=0.05)
+    """peft applies its own nn.Dropout per target: each keeps a dropped copy (here bf16, the
+    adapters cast by DeepSpeed under ZeRO-2) and a bool mask (1 byte) of its input; lora_A's
+    output (T x r) is kept for lora_B."""
+    spec = TrainingSpec(method="lora", micro_batch_size=2, seq_len=512, lora_dropout=0.05, zero_stage=2)
     inv = layer(spec)
-    assert inv["qkv.q_proj.lora_dropout_mask"] == TH and inv["qkv.q_proj.lora_dropout_out"] == 2 * TH
-    assert inv["down.down_proj.lora_dropout_out"] == 2 * TI
+    assert inv["qkv.q_proj.lora_dropout_mask"] == TH and inv["qkv.q_proj.lora_input"] == 2 * TH
+    assert inv["down.down_proj.lora_input"] == 2 * TI
     lse, lora_outs = 4 * 2 * 32 * 512, 7 * 2 * T * 8
     # norms 2 x 4Th (frozen weights: no normalized copy); qkv 3 x 3Th; attention 4 x 2Th; o 3Th;
     # gate/up 2 x 3Th; MLP 3 x 2Ti; down 3Ti.
@@ -43,15 +49,29 @@ def test_lora_dropout_keeps_a_copy_and_mask_per_target():
     assert sum(inv.values()) > sum(full.values())  # dropout makes LoRA's layer larger than full's
 
 
+def test_fp32_adapters_under_zero3_keep_fp32_inputs():
+    """Under ZeRO-3 DeepSpeed leaves peft's fp32 adapters uncast: each target casts X to fp32."""
+    spec = TrainingSpec(method="lora", micro_batch_size=2, seq_len=512, lora_dropout=0.05, zero_stage=3)
+    inv = layer(spec)
+    assert inv["qkv.q_proj.lora_input"] == 4 * TH and inv["qkv.q_proj.lora_A_out"] == 4 * T * 8
+    lse, lora_outs = 4 * 2 * 32 * 512, 7 * 4 * T * 8
+    # per target 1 (mask) + 4 (fp32 copy) bytes per input element
+    assert sum(inv.values()) == (8 + 15 + 8 + 5 + 10) * TH + (6 + 5) * TI + lse + lora_outs
+    no_dropout = layer(spec.model_copy(update={"lora_dropout": 0.0}))
+    assert no_dropout["qkv.v_proj.lora_input"] == 4 * TH and "qkv.v_proj.lora_dropout_mask" not in no_dropout
+
+
 def test_lora_without_dropout_shares_the_input_and_keeps_less_than_full():
-    inv = layer(TrainingSpec(method="lora", micro_batch_size=2, seq_len=512, lora_dropout=0.0))
-    assert inv["qkv.input"] == 2 * TH and "qkv.q_proj.lora_dropout_out" not in inv
+    inv = layer(TrainingSpec(method="lora", micro_batch_size=2, seq_len=512, lora_dropout=0.0, zero_stage=2))
+    assert inv["qkv.input"] == 2 * TH and "qkv.q_proj.lora_input" not in inv
     full = layer(TrainingSpec(method="full", micro_batch_size=2, seq_len=512))
     assert sum(full.values()) - sum(inv.values()) == 2 * 2 * TH - 7 * 2 * T * 8  # two normalized copies vs lora_A outputs
 
 
 def test_frozen_projection_without_lora_keeps_nothing_of_its_input():
-    inv = layer(TrainingSpec(method="lora", micro_batch_size=2, seq_len=512, lora_targets=("q_proj", "v_proj"), lora_dropout=0.0))
+    inv = layer(
+        TrainingSpec(method="lora", micro_batch_size=2, seq_len=512, lora_targets=("q_proj", "v_proj"), lora_dropout=0.0, zero_stage=2)
+    )
     assert "o.input" not in inv and "down.input" not in inv and "gate_up.input" not in inv
     assert inv["qkv.input"] == 2 * TH
 

@@ -99,11 +99,19 @@ def test_memory_never_decreases_with_batch_sequence_or_rank(arch, spec, db, ds, 
 
 
 @SETTINGS
-@given(arch=st.sampled_from(ARCHS), spec=specs(), stage=st.integers(0, 3))
-def test_gpu_memory_never_increases_with_a_higher_zero_stage(arch, spec, stage):
+@given(arch=st.sampled_from(ARCHS), spec=specs(), stage=st.integers(0, 3), adapter=st.sampled_from(["fp32", "bf16"]))
+def test_gpu_memory_never_increases_with_a_higher_zero_stage(arch, spec, stage, adapter):
+    """The adapter dtype is held fixed (under "auto" it follows the stage, see dtypes.py).
+    Entering stage 3 is asserted from 4 GPUs on: ZeRO-3 keeps a reduce bucket (and, with the
+    optimizer on the GPU, a gradient-partition buffer) allocated for the whole run and gathers
+    parameters, so on 1-3 GPUs its forward can hold more than stage 2's, whose buckets and
+    gradients only exist from backward on. That is DeepSpeed's behaviour, not a modelling
+    artefact."""
     assume(stage > spec.zero_stage and not (spec.offload == "all" and stage != 3))
-    higher = spec.model_copy(update={"zero_stage": stage})
-    assert gpu_peak(arch, higher) <= gpu_peak(arch, spec)
+    assume(stage < 3 or spec.world_size >= 4)
+    lower = spec.model_copy(update={"adapter_dtype": adapter})
+    higher = lower.model_copy(update={"zero_stage": stage})
+    assert gpu_peak(arch, higher) <= gpu_peak(arch, lower)
 
 
 @SETTINGS
@@ -116,17 +124,19 @@ def test_gpu_memory_never_increases_with_more_gpus(arch, spec, more_gpus, more_n
 @SETTINGS
 @given(arch=st.sampled_from(ARCHS), spec=specs(method="lora"), targets=st.lists(st.sampled_from(LAYER_LINEARS), min_size=1, unique=True))
 def test_lora_never_needs_more_than_full(arch, spec, targets):
-    """Same setup with AdamW on the GPU. Restricted to where it holds physically: adapters on
-    the projections at rank <= h/64, no LoRA dropout. Outside it LoRA can need more GPU memory:
-    with dropout peft keeps a dropped copy of the input plus a mask per target, so a layer's
-    activations exceed full fine-tuning's (test_activations.py); with the optimizer offloaded or
-    SGD, LoRA holds base + adapters where full holds the base alone."""
+    """Same setup with AdamW on the GPU. Restricted to where it holds physically: 16-bit adapters
+    on the projections at rank <= h/64, no LoRA dropout. Outside it LoRA can need more GPU
+    memory: with dropout, or with fp32 adapters (peft's default, which ZeRO-3 keeps), peft keeps
+    a copy of each target's input (plus a mask), so a layer's activations exceed full
+    fine-tuning's (test_activations.py); with the optimizer offloaded or SGD, LoRA holds base +
+    adapters where full holds the base alone."""
     assume(spec.offload == "none")
     lora = spec.model_copy(
         update={
             "lora_targets": tuple(targets),
             "modules_to_save": (),
             "lora_dropout": 0.0,
+            "adapter_dtype": "bf16" if spec.precision != "fp16-mixed" else "fp16",
             "lora_rank": min(spec.lora_rank, arch.hidden_size // 64),
             "optimizer": "adamw",
         }

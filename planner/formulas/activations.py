@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.formulas.dtypes import Dtypes
+from planner.formulas.dtypes import Dtypes, adapter_bytes_per_elem
 from planner.formulas.params import layer_linears, vocab
 from planner.schemas import Architecture
 from planner.spec import LAYER_LINEARS, TrainingSpec
@@ -52,27 +52,30 @@ def _input_group(
     """What the linears reading one input X (b, s, in) keep of it.
 
     * a trainable weight keeps X for its weight gradient (``addmm`` saves ``mat1``);
-    * a LoRA target keeps what ``lora_A`` reads: with dropout its own dropped copy of X plus a
-      bool mask per target (``nn.Dropout`` per adapter), with dropout 0 X itself; ``lora_B``
-      keeps ``lora_A``'s output (T x r);
+    * a LoRA target keeps what ``lora_A`` reads. peft casts X to the adapter's dtype and applies
+      its own ``nn.Dropout`` per target (peft ``lora.Linear.forward``): with dropout or a cast,
+      each target keeps its own copy (plus a bool mask with dropout); with neither, X itself.
+      Under autocast ``lora_A`` keeps its bf16 cast instead. ``lora_B`` keeps ``lora_A``'s
+      output (T x r);
     * a frozen weight keeps nothing of X (its input gradient needs only the weight).
-    Under autocast with a wider X (fp32 residual stream) every consumer casts X to bf16 and
-    keeps its own cast; otherwise consumers share the one tensor X.
+    Under autocast with a wider X (fp32 residual stream) every trainable consumer casts X to bf16
+    and keeps its own cast; otherwise consumers share the one tensor X.
     """
     trainable = [c for c in consumers if c in _trainable_linears(spec)]
     targets = [c for c in consumers if c in _lora_targets(spec)]
     x_numel = tokens * in_features
     cast = x_bytes != dt.act
+    lora_bytes = dt.act if spec.precision == "amp-bf16" else adapter_bytes_per_elem(spec)
     out: list[Saved] = []
     shared_users = list(trainable)
     for t in targets:
         if spec.lora_dropout > 0:
             out.append(Saved(f"{prefix}.{t}.lora_dropout_mask", MASK_BYTES * x_numel))
-            kept = dt.act if cast else x_bytes
-            out.append(Saved(f"{prefix}.{t}.lora_dropout_out", kept * x_numel))
+        if spec.lora_dropout > 0 or lora_bytes != x_bytes:
+            out.append(Saved(f"{prefix}.{t}.lora_input", lora_bytes * x_numel))
         else:
             shared_users.append(t)
-        out.append(Saved(f"{prefix}.{t}.lora_A_out", dt.act * tokens * spec.lora_rank))
+        out.append(Saved(f"{prefix}.{t}.lora_A_out", lora_bytes * tokens * spec.lora_rank))
     if shared_users:
         if cast:
             out.extend(Saved(f"{prefix}.{u}.input_cast", dt.act * x_numel) for u in shared_users)
@@ -138,8 +141,13 @@ def layer_inventory(arch: Architecture, spec: TrainingSpec, dt: Dtypes) -> list[
     out += _rms_norm("input_norm", full, dt, tokens, h)
     out += _input_group("qkv", ["q_proj", "k_proj", "v_proj"], h, dt.resid, spec, dt, tokens)
     out += _attention_core(arch, spec, dt)
-    # transpose(1, 2).contiguous() makes a fresh (b, s, a*d) tensor for o_proj.
-    out += _input_group("o", ["o_proj"], ad, dt.act, spec, dt, tokens)
+    # o_proj reads the attention output as (b, s, a*d): a fresh copy after eager's
+    # transpose(1, 2).contiguous(), but the fused kernels already write that layout, so there
+    # the tensor o_proj keeps is the one the kernel keeps (counted above).
+    o_items = _input_group("o", ["o_proj"], ad, dt.act, spec, dt, tokens)
+    if spec.attention != "eager":
+        o_items = [x for x in o_items if x.name != "o.input"]
+    out += o_items
     out += _rms_norm("post_attention_norm", full, dt, tokens, h)
     out += _input_group("gate_up", ["gate_proj", "up_proj"], h, dt.resid, spec, dt, tokens)
     # down_proj(act_fn(gate) * up): SiLU keeps its input, mul keeps both factors.
@@ -152,9 +160,13 @@ def layer_inventory(arch: Architecture, spec: TrainingSpec, dt: Dtypes) -> list[
     if spec.precision == "amp-bf16":
         # Autocast casts each fp32 weight to bf16 for F.linear, and linear keeps the cast for
         # the input gradient (cached for trainable leaves, torch/csrc/autograd autocast cache).
-        wn = sum(s.weight_numel for s in layer_linears(arch).values())
-        out.append(Saved("autocast_weight_casts", dt.act * wn))
+        out.append(Saved("autocast_weight_casts", autocast_weight_cast_bytes(arch, dt)))
     return out
+
+
+def autocast_weight_cast_bytes(arch: Architecture, dt: Dtypes) -> int:
+    """bf16 copies of one layer's projection weights made by autocast."""
+    return dt.act * sum(s.weight_numel for s in layer_linears(arch).values())
 
 
 def layer_checkpoint_input(arch: Architecture, spec: TrainingSpec, dt: Dtypes) -> Saved:
@@ -182,7 +194,9 @@ def model_level_saved(arch: Architecture, spec: TrainingSpec, dt: Dtypes) -> lis
         out.append(Saved("embed_tokens.lora_A_out", dt.act * tokens * spec.lora_rank))
     # The model returns bf16 logits (kept by the training loop's ``outputs``); ForCausalLMLoss
     # upcasts to fp32 and cross_entropy's log_softmax keeps its fp32 output.
-    out.append(Saved("logits", dt.act * tokens * v))
+    # accelerate's convert_outputs_to_fp32 hands back fp32 logits under autocast.
+    logits_bytes = 4 if spec.precision == "amp-bf16" else dt.act
+    out.append(Saved("logits", logits_bytes * tokens * v))
     out.append(Saved("log_softmax_fp32", 4 * tokens * v))
     return out
 

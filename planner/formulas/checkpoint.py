@@ -3,8 +3,8 @@
 * model weights: ``save_pretrained`` writes every parameter in its dtype (16-bit for the
   16-bit modes; DeepSpeed's ``stage3_gather_16bit_weights_on_model_save`` also gathers 16-bit).
 * LoRA adapter: what peft's ``get_peft_model_state_dict`` returns and ``save_pretrained``
-  writes: the A/B matrices (in the adapter dtype: peft >= 0.12 keeps adapters in fp32 by default,
-  ``autocast_adapter_dtype=True``), the ``modules_to_save`` copies (base dtype), and — with
+  writes: the A/B matrices (in the dtype they are trained in, see
+  ``dtypes.adapter_bytes_per_elem``), the ``modules_to_save`` copies (base dtype), and — with
   ``save_embedding_layers="auto"`` (peft >= 0.7) — whole embedding layers (see
   ``embedding_layers_saved``), which carry the rows of added tokens (peft ``utils/save_and_load.py``).
 * training state: DeepSpeed ``save_checkpoint`` of the trainable weights, their fp32 master
@@ -16,11 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from planner.formulas import params as prm
-from planner.formulas.dtypes import PRECISIONS, optimizer_state_bytes
+from planner.formulas.dtypes import PRECISIONS, adapter_bytes_per_elem, optimizer_state_bytes
 from planner.schemas import Architecture
 from planner.spec import TrainingSpec
-
-ADAPTER_DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 
 @dataclass(frozen=True)
@@ -68,7 +66,7 @@ def embedding_layers_saved(spec: TrainingSpec) -> tuple[str, ...]:
 def adapter_bytes(arch: Architecture, spec: TrainingSpec) -> AdapterBytes:
     base_w = save_dtype_bytes(spec)
     added = spec.added_tokens
-    lora = prm.lora_params(arch, spec.lora_targets, spec.lora_rank, added) * ADAPTER_DTYPE_BYTES[spec.adapter_dtype]
+    lora = prm.lora_params(arch, spec.lora_targets, spec.lora_rank, added) * adapter_bytes_per_elem(spec)
     mts = prm.modules_to_save_params(arch, spec.modules_to_save, added) * base_w
     layers = embedding_layers_saved(spec)
     if arch.tie_word_embeddings and len(layers) == 2:

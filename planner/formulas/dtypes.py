@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.spec import Optimizer
+from planner.spec import Optimizer, TrainingSpec
 
 
 @dataclass(frozen=True)
@@ -60,3 +60,24 @@ def optimizer_step_temp_bytes(optimizer: Optimizer, dt: Dtypes, numel: int) -> i
     SGD update in place.
     """
     return dt.state * numel if optimizer == "adamw" else 0
+
+
+ADAPTER_DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+
+
+def adapter_bytes_per_elem(spec: TrainingSpec) -> int:
+    """Bytes of one LoRA A/B element as held in memory and saved.
+
+    ``auto``: peft keeps adapters in fp32 (``autocast_adapter_dtype=True``,
+    peft/tuners/tuners_utils.py). DeepSpeed's engine casts the module to 16 bit under ZeRO 0-2
+    (deepspeed/runtime/engine.py ``_configure_distributed_model``) but, since 0.19.2, leaves
+    modules initialised under ZeRO-3 (``zero.Init``) as they are, so adapters stay fp32 there.
+    Pure bf16 training casts everything to bf16; amp-bf16 and fp32 keep fp32.
+    """
+    if spec.adapter_dtype != "auto":
+        return ADAPTER_DTYPE_BYTES[spec.adapter_dtype]
+    if spec.precision in ("amp-bf16", "fp32"):
+        return 4
+    if spec.precision == "bf16":
+        return 2
+    return 4 if spec.zero_stage == 3 else 2

@@ -42,14 +42,14 @@ def persistence_threshold_elems(arch: Architecture, ds: DeepSpeedConfig) -> int:
     return 10 * arch.hidden_size
 
 
-def reduce_buckets_bytes(zero_stage: int, trainable_elems: int, bucket_elems: int, grad_bytes: int, ds: DeepSpeedConfig) -> int:
-    """Gradient reduction buckets, live during backward.
+def reduce_buckets_bytes(zero_stage: int, bucket_elems: int, grad_bytes: int, ds: DeepSpeedConfig) -> int:
+    """Gradient reduction buckets, each allocated whole (``reduce_bucket_size`` elements).
 
-    Stages 0-2 keep two buckets when ``overlap_comm`` is on (one filling, one reducing); stage 3
-    one flat bucket. A bucket never holds more than all trainable gradients.
+    Stages 0-2 keep two buckets when ``overlap_comm`` is on (one filling, one reducing), live
+    during backward; stage 3 one flat bucket per gradient dtype, allocated at init.
     """
     count = 1 if zero_stage == 3 or not ds.overlap_comm else 2
-    return count * min(bucket_elems, trainable_elems) * grad_bytes
+    return count * bucket_elems * grad_bytes
 
 
 def zero3_live_params_bytes(largest_module_bytes: int, prefetch_bytes: int, max_live_bytes: int, not_local_bytes: int) -> int:
