@@ -297,7 +297,7 @@ def build_plan(
         adapter_lora_bytes=adapter.lora_bytes if adapter else None,
         adapter_modules_to_save_bytes=adapter.modules_to_save_bytes if adapter else None,
         adapter_embedding_layers_bytes=adapter.embedding_layers_bytes if adapter else None,
-        training_state_bytes=ckpt.training_state_bytes(spec, pc.trainable),
+        training_state_bytes=ckpt.training_state_bytes(spec, pc.trainable, pc.lora),
         merged_model_bytes=ckpt.merged_model_bytes(arch, spec),
         storage_bytes=storage_bytes,
         models_in_storage=None

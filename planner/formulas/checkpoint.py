@@ -90,10 +90,12 @@ def merged_model_bytes(arch: Architecture, spec: TrainingSpec) -> int:
     return prm.total_params(arch, spec.added_tokens) * save_dtype_bytes(spec)
 
 
-def training_state_bytes(spec: TrainingSpec, trainable: int) -> int:
-    """Trainable weights (as saved) + fp32 master (mixed precision) + optimizer moments."""
+def training_state_bytes(spec: TrainingSpec, trainable: int, lora: int = 0) -> int:
+    """Trainable weights as held (LoRA A/B in the adapter dtype, the rest as saved) + fp32
+    master (mixed precision) + optimizer moments."""
     dt = PRECISIONS[spec.precision]
-    return trainable * (save_dtype_bytes(spec) + dt.master) + optimizer_state_bytes(spec.optimizer, dt, trainable)
+    weights = lora * adapter_bytes_per_elem(spec) + (trainable - lora) * save_dtype_bytes(spec)
+    return weights + trainable * dt.master + optimizer_state_bytes(spec.optimizer, dt, trainable)
 
 
 def copies_that_fit(budget_bytes: int, each_bytes: int, shared_bytes: int = 0) -> int:
