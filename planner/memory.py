@@ -335,8 +335,9 @@ def host_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration, save_b
         load = ranks * min(cal.bytes("load_shard_bytes"), pc.weights_bytes)
     else:
         load = ranks * pc.weights_bytes
-    save_dtype_bytes = 4 if dt.weight == 4 else 2
-    gathered = pc.total * save_dtype_bytes if spec.zero_stage == 3 else 0
+    # The consolidated state dict holds every parameter in the dtype it is trained in (NF4 data
+    # for a QLoRA base, fp32 for peft's adapters).
+    gathered = pc.weights_bytes if spec.zero_stage == 3 else 0
     save = gathered + min(cal.bytes("save_shard_bytes"), save_bytes)
     return HostMemory(
         process_bytes=process,
