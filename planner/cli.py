@@ -100,16 +100,16 @@ def plan(
     targets = parse_targets(lora_targets)
     try:
         spec = TrainingSpec(
-            method=method.lower(),
-            precision=precision.lower(),
-            optimizer=optimizer.lower(),
+            method=method,
+            precision=precision,
+            optimizer=optimizer,
             micro_batch_size=batch_size,
             seq_len=seq_len,
             grad_accum=grad_accum,
             grad_ckpt=grad_ckpt,
-            attention=attention.lower(),
+            attention=attention,
             zero_stage=zero,
-            offload=offload.lower(),
+            offload=offload,
             gpus_per_node=per_node,
             nodes=nodes,
             lora_rank=lora_rank,
@@ -118,8 +118,8 @@ def plan(
             lora_targets=targets,
             modules_to_save=parse_targets(modules_to_save),
             added_tokens=added_tokens,
-            adapter_dtype=adapter_dtype.lower(),
-            save_embedding_layers=save_embedding_layers.lower(),
+            adapter_dtype=adapter_dtype,
+            save_embedding_layers=save_embedding_layers,
             qlora_double_quant=double_quant,
             deepspeed=DeepSpeedConfig(),
         )
