@@ -54,6 +54,8 @@ def load_calibration(name: str = "default") -> Calibration:
         cal = Calibration(**json.loads(path.read_text()))
     except OSError:
         raise PlannerError(f"no calibration {name!r} in {path.parent}") from None
+    except ValueError as exc:  # JSON syntax or schema
+        raise PlannerError(f"calibration {path} is invalid: {str(exc).splitlines()[0]}") from None
     missing = [k for k in REQUIRED if k not in cal.coefficients]
     if missing:
         raise PlannerError(f"calibration {name!r} lacks {', '.join(missing)}")
