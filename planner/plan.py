@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from planner.calibration import Calibration, load_calibration
 from planner.formulas import checkpoint as ckpt
+from planner.formulas.dtypes import adapter_bytes_per_elem
 from planner.memory import CATEGORIES, GpuMemory, HostMemory, gpu_memory, host_memory, param_counts
 from planner.schemas import Architecture, Gpu, Instance
 from planner.spec import TrainingSpec
@@ -139,6 +140,7 @@ class Checkpoint(_Out):
     adapter_lora_bytes: int | None
     adapter_modules_to_save_bytes: int | None
     adapter_embedding_layers_bytes: int | None
+    adapter_dtype: Literal["fp32", "bf16", "fp16"] | None = Field(description="The A/B dtype after resolving 'auto'.")
     training_state_bytes: int
     merged_model_bytes: int
     storage_bytes: int | None = Field(default=None, description="Disk budget given with --storage-gb.")
@@ -171,6 +173,14 @@ class Plan(_Out):
     calibration: CalibrationInfo
     throughput: None = Field(default=None, description="Reserved: tokens/s (a later issue).")
     cost: None = Field(default=None, description="Reserved: time and dollars per epoch (a later issue).")
+
+
+def _adapter_dtype_name(spec: TrainingSpec) -> Literal["fp32", "bf16", "fp16"]:
+    if spec.adapter_dtype != "auto":
+        return spec.adapter_dtype
+    if adapter_bytes_per_elem(spec) == 4:
+        return "fp32"
+    return "fp16" if spec.precision == "fp16-mixed" else "bf16"
 
 
 def _warnings(arch: Architecture, spec: TrainingSpec, gpu: Gpu, instance: Instance | None) -> list[str]:
@@ -297,6 +307,7 @@ def build_plan(
         adapter_lora_bytes=adapter.lora_bytes if adapter else None,
         adapter_modules_to_save_bytes=adapter.modules_to_save_bytes if adapter else None,
         adapter_embedding_layers_bytes=adapter.embedding_layers_bytes if adapter else None,
+        adapter_dtype=_adapter_dtype_name(spec) if adapter else None,
         training_state_bytes=ckpt.training_state_bytes(spec, pc.trainable, pc.lora),
         merged_model_bytes=ckpt.merged_model_bytes(arch, spec),
         storage_bytes=storage_bytes,

@@ -136,7 +136,7 @@ def render_plan(plan: Plan, console: Console) -> None:
     cks.add_row(label, gib(ck.model_weights_bytes), f"{ck.model_weights_bytes:,}")
     if ck.adapter_bytes is not None:
         cks.add_row(
-            f"LoRA adapter ({spec.adapter_dtype} A/B, embeddings: {spec.save_embedding_layers})",
+            f"LoRA adapter ({ck.adapter_dtype} A/B, embeddings: {spec.save_embedding_layers})",
             gib(ck.adapter_bytes),
             f"{ck.adapter_bytes:,}",
         )
