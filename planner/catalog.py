@@ -99,26 +99,39 @@ def load_config_file(path: Path) -> Architecture:
     """Read a user's ``config.json`` (or a folder holding one)."""
     if path.is_dir():
         path = path / "config.json"
+    if path.exists() and not path.is_file():
+        raise PlannerError(f"{path} is not a regular file")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise PlannerError(f"{path}: not a UTF-8 text file") from None
     except OSError as exc:
         raise PlannerError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
         fields = json.loads(text)
     except json.JSONDecodeError as exc:
         raise PlannerError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise PlannerError(f"{path}: JSON nested too deeply") from None
     if not isinstance(fields, dict):
         raise PlannerError(f"{path}: a config.json must hold a JSON object")
     return architecture_from_config(fields, name=fields.get("_name_or_path") or str(path), source=str(path))
 
 
 def find_model(name: str) -> Architecture:
-    """An alias (``7b``), a catalog name, an HF id, or a path to a ``config.json``."""
+    """An alias (``7b``), a catalog name, an HF id, or a path to a ``config.json`` (or its folder).
+
+    A name that starts like a path (``/``, ``./``, ``../``, ``~``), ends in ``.json`` or exists
+    on disk is read as one; anything else is looked up in the catalog.
+    """
+    if not name.strip():
+        raise PlannerError("missing --model (e.g. --model 70b); see `plan --help`")
     key = _norm(name)
     if key in _arch_index():
         return _arch_index()[key]
-    if name.endswith(".json") or Path(name).exists():
-        return load_config_file(Path(name))
+    looks_like_path = name.startswith(("/", "./", "../", "~")) or name.endswith(".json")
+    if looks_like_path or Path(name).exists():
+        return load_config_file(Path(name).expanduser())
     return _lookup("model", name, _arch_index())
 
 

@@ -5,6 +5,7 @@ Errors in the input print one line on stderr and exit 2; "does not fit" is a res
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Literal
 
@@ -134,6 +135,8 @@ def plan(
             raise PlannerError(
                 f"--lora-rank {spec.lora_rank} is larger than the smallest targeted layer dimension ({limit}) of {arch.name}"
             )
+    if storage_gb is not None and not math.isfinite(storage_gb):
+        raise PlannerError("--storage-gb must be a finite number of GB")
     storage = None if storage_gb is None else int(storage_gb * 10**9)
     result = build_plan(arch, spec, the_gpu, inst, load_calibration(calibration), storage_bytes=storage)
     if as_json:

@@ -136,14 +136,16 @@ def param_counts(arch: Architecture, spec: TrainingSpec) -> ParamCounts:
         outside = trainable - L * per_layer
         grad_layer, grad_total = per_layer * adapter_bytes_per_elem(spec), lora * adapter_bytes_per_elem(spec) + mts * dt.grad
         if spec.method == "qlora":
-            frozen_bytes = prm.qlora_linear_bytes(arch, spec.qlora_double_quant) + (base - prm.linear_weight_params(arch)) * 2
+            # NF4 projections; norms, embeddings and lm_head stay in the weight dtype (fp32 after
+            # peft's prepare_model_for_kbit_training, i.e. amp-bf16 here).
+            frozen_bytes = prm.qlora_linear_bytes(arch, spec.qlora_double_quant) + (base - prm.linear_weight_params(arch)) * dt.weight
         else:
             frozen_bytes = base * dt.weight
         ab = adapter_bytes_per_elem(spec)  # LoRA A/B live (and get gradients) in the adapter dtype
         weights = frozen_bytes + lora * ab + mts * dt.weight
     if spec.method == "qlora":
         lin_bytes = max(prm.nf4_tensor_bytes(s.weight_numel, spec.qlora_double_quant) for s in linears.values())
-        emb_bytes = v * h * 2
+        emb_bytes = v * h * dt.weight
     else:
         lin_bytes = max(s.weight_numel for s in linears.values()) * dt.weight
         emb_bytes = v * h * dt.weight
@@ -231,7 +233,7 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
     standing_buckets = buckets if zero == 3 else 0
     dequant = 0
     if spec.method == "qlora":  # bnb dequantizes one weight to 16 bit for each matmul
-        dequant = max(s.weight_numel for s in prm.layer_linears(arch).values()) * 2
+        dequant = max(s.weight_numel for s in prm.layer_linears(arch).values()) * dt.act
 
     # -- activations.
     layer = act.layer_inventory(arch, spec, dt)

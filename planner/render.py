@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from planner.plan import Plan
+from planner.plan import MAX_SEARCH_BATCH, Plan
 from planner.schemas import Architecture, Gpu, Instance
 
 GIB = 2**30
@@ -122,9 +122,14 @@ def render_plan(plan: Plan, console: Console) -> None:
         if m.fits
         else f"[bold red]DOES NOT FIT[/] — runs out of: {', '.join('GPU memory' if x == 'gpu' else 'host RAM' for x in m.limiting)}"
     )
+
+    def batch(n: int) -> str:
+        return f"≥ {n:,} (search limit)" if n >= MAX_SEARCH_BATCH else f"{n:,}"
+
+    gpu_alone = plan.max_micro_batch_size_gpu
     console.print(
-        f"{status}. Largest micro batch per GPU that fits: [bold]{plan.max_micro_batch_size}[/]"
-        + (f" (GPU memory alone: {plan.max_micro_batch_size_gpu})" if plan.max_micro_batch_size_gpu != plan.max_micro_batch_size else "")
+        f"{status}. Largest micro batch per GPU that fits: [bold]{batch(plan.max_micro_batch_size)}[/]"
+        + (f" (GPU memory alone: {batch(gpu_alone)})" if gpu_alone != plan.max_micro_batch_size else "")
     )
 
     ck = plan.checkpoint
@@ -144,8 +149,13 @@ def render_plan(plan: Plan, console: Console) -> None:
     cks.add_row("merged model", gib(ck.merged_model_bytes), f"{ck.merged_model_bytes:,}")
     console.print(cks)
     if ck.storage_bytes is not None:
-        what = "full fine-tuned models" if ck.adapter_bytes is None else "LoRA adapters beside one base model"
-        console.print(f"{ck.storage_bytes / 1e9:,.0f} GB of storage holds [bold]{ck.models_in_storage:,}[/] {what}.")
+        budget = f"{ck.storage_bytes / 1e9:,.1f} GB of storage"
+        if ck.adapter_bytes is None:
+            console.print(f"{budget} holds [bold]{ck.models_in_storage:,}[/] full fine-tuned models.")
+        elif ck.storage_bytes < ck.model_weights_bytes:
+            console.print(f"{budget} does not hold the base model itself ({gib(ck.model_weights_bytes)} GiB).")
+        else:
+            console.print(f"{budget} holds [bold]{ck.models_in_storage:,}[/] LoRA adapters beside one base model.")
     for w in plan.warnings:
         console.print(f"[yellow]warning:[/] {w}")
 
@@ -183,12 +193,20 @@ def render_models(models: tuple[Architecture, ...], console: Console) -> None:
 
 def render_gpus(gpus: tuple[Gpu, ...], console: Console) -> None:
     t = Table(title="GPUs")
-    for col in ("id", "name", "usable GiB", "bf16/fp16 dense TFLOP/s", "HBM TB/s", "NVLink GB/s (1 dir)"):
+    for col in ("id", "name", "aliases", "usable GiB", "bf16/fp16 dense TFLOP/s", "memory TB/s", "NVLink GB/s (1 dir)"):
         t.add_column(col)
     for g in gpus:
         peak = g.peak_flops_per_s.get("bf16") or g.peak_flops_per_s.get("fp16") or 0
         nv = "—" if g.nvlink_bandwidth_bytes_per_s is None else f"{g.nvlink_bandwidth_bytes_per_s / 1e9:g}"
-        t.add_row(g.id, g.name, gib(g.usable_memory_bytes), f"{peak / 1e12:g}", f"{g.hbm_bandwidth_bytes_per_s / 1e12:.2f}", nv)
+        t.add_row(
+            g.id,
+            g.name,
+            ", ".join(g.aliases),
+            gib(g.usable_memory_bytes),
+            f"{peak / 1e12:g}",
+            f"{g.hbm_bandwidth_bytes_per_s / 1e12:.2f}",
+            nv,
+        )
     console.print(t)
 
 

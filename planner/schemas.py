@@ -85,7 +85,7 @@ class Architecture(BaseModel):
     or, for a user's file, from its path.
     """
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
 
     name: str
     hf_id: str | None = None

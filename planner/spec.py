@@ -56,10 +56,10 @@ class TrainingSpec(BaseModel):
     attention: Attention = "sdpa"
     zero_stage: int = Field(default=3, ge=0, le=3)
     offload: Offload = "optimizer"
-    gpus_per_node: int = Field(default=1, ge=1)
-    nodes: int = Field(default=1, ge=1)
+    gpus_per_node: int = Field(default=1, ge=1, le=64)
+    nodes: int = Field(default=1, ge=1, le=100_000)
     lora_rank: int = Field(default=8, ge=1)
-    lora_alpha: float = Field(default=16.0, gt=0)
+    lora_alpha: float = Field(default=16.0, gt=0, allow_inf_nan=False)
     lora_dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
     lora_targets: tuple[str, ...] = LAYER_LINEARS
     modules_to_save: tuple[str, ...] = ()
@@ -84,8 +84,11 @@ class TrainingSpec(BaseModel):
             both = set(self.lora_targets) & set(self.modules_to_save)
             if both:
                 raise ValueError(f"{sorted(both)[0]} cannot be both a LoRA target and in modules_to_save")
-        if self.method == "qlora" and self.precision in ("fp32", "amp-bf16"):
-            raise ValueError("QLoRA computes in 16 bit: use bf16-mixed, bf16 or fp16-mixed")
+        if self.offload != "none" and self.optimizer != "adamw":
+            raise ValueError(
+                f"--offload {self.offload} steps the optimizer on the CPU with DeepSpeedCPUAdam; "
+                f"--optimizer {self.optimizer} needs --offload none"
+            )
         return self
 
     @property

@@ -148,6 +148,13 @@ BAD = {
     "no model": (["--gpu", "a100"], "model"),
     "unreadable path": (["--model", "/nonexistent/dir/config.json", "--gpu", "a100"], "cannot read"),
     "unknown option": (["--model", "7b", "--gpu", "a100", "--bogus"], "bogus"),
+    "missing folder path": (["--model", "./no-such-model", "--gpu", "a100"], "cannot read"),
+    "empty model": (["--model", "", "--gpu", "a100"], "missing --model"),
+    "infinite storage": (["--model", "7b", "--gpu", "a100", "--storage-gb", "inf"], "finite"),
+    "infinite alpha": (["--model", "7b", "--gpu", "a100", "--lora-alpha", "inf"], "lora-alpha"),
+    "too many gpus per node": (["--model", "7b", "--gpu", "a100", "--gpus", "100000"], "gpus"),
+    "sgd with offload": (["--model", "7b", "--gpu", "a100", "--optimizer", "sgd"], "offload none"),
+    "8-bit adam with offload": (["--model", "7b", "--gpu", "a100", "--optimizer", "adamw8bit", "--offload", "all"], "offload none"),
 }
 
 
@@ -174,8 +181,14 @@ def test_bad_input_is_one_line_and_exit_2(capsys, case):
             "divisible",
         ),
         ("[1, 2]", "JSON object"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        (
+            '{"model_type": "llama", "hidden_size": "4096", "intermediate_size": 11008, "num_hidden_layers": 32, '
+            '"num_attention_heads": 32, "vocab_size": 32000}',
+            "hidden_size",
+        ),
     ],
-    ids=["malformed", "non-llama", "missing-fields", "inconsistent-heads", "not-an-object"],
+    ids=["malformed", "non-llama", "missing-fields", "inconsistent-heads", "not-an-object", "deeply-nested", "string-int"],
 )
 def test_bad_config_json_is_exit_2(capsys, tmp_path, content, needle):
     path = tmp_path / "config.json"
@@ -227,3 +240,39 @@ def test_gradient_accumulation_keeps_gradients_through_the_next_forward(capsys):
     four = plan_json(capsys, *args, "--grad-accum", "4")["memory"]["per_gpu"]["phase_splits_bytes"]["forward"]
     assert one["gradients_bytes"] == 0
     assert four["gradients_bytes"] == 2 * 6_738_415_616  # bf16 gradients of every parameter
+
+
+def test_binary_config_and_fifo_are_clear_errors(capsys, tmp_path):
+    import os
+
+    binary = tmp_path / "bin.json"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    code, _, err = run(capsys, "--model", str(binary), "--gpu", "a100")
+    assert code == 2 and "UTF-8" in err and "Traceback" not in err
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    code, _, err = run(capsys, "--model", str(fifo), "--gpu", "a100")
+    assert code == 2 and "not a regular file" in err
+
+
+def test_qlora_with_autocast_keeps_unquantized_parts_fp32(capsys):
+    amp = plan_json(
+        capsys, "--model", "7b", "--method", "qlora", "--gpu", "a100", "--precision", "amp-bf16", "--offload", "none", "--zero", "0"
+    )
+    bf16 = plan_json(
+        capsys, "--model", "7b", "--method", "qlora", "--gpu", "a100", "--precision", "bf16-mixed", "--offload", "none", "--zero", "0"
+    )
+    unquantized = 2 * 32000 * 4096 + (2 * 32 + 1) * 4096  # embeddings, lm_head and norms
+    params = lambda p: p["memory"]["per_gpu"]["phase_splits_bytes"]["optimizer_step"]["parameters_bytes"]  # noqa: E731
+    lora = 19_988_480
+    assert params(amp) - params(bf16) == 2 * unquantized + (4 - 2) * lora  # fp32 vs bf16 (adapters fp32 vs bf16 at ZeRO-0)
+
+
+def test_storage_that_cannot_hold_the_base_says_so(capsys):
+    code, out, _ = run(capsys, "--model", "7b", "--instance", "p4de.24xlarge", "--storage-gb", "1")
+    assert code == 0 and "does not hold the base model" in out
+
+
+def test_batch_search_limit_is_shown_as_a_bound(capsys):
+    code, out, _ = run(capsys, "--model", "7b", "--instance", "p4de.24xlarge", "--seq-len", "1")
+    assert code == 0 and "≥ 65,536" in out

@@ -21,15 +21,18 @@ SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[Heal
 def specs(draw, method=None):
     method = method or draw(st.sampled_from(["full", "lora", "qlora"]))
     zero = draw(st.integers(0, 3))
+    optimizer = draw(st.sampled_from(["adamw", "adamw8bit", "sgd"]))
     offloads = ["none"] + (["optimizer"] if zero >= 1 else []) + (["all"] if zero == 3 else [])
-    precisions = ["bf16-mixed", "bf16", "fp16-mixed"] + ([] if method == "qlora" else ["amp-bf16", "fp32"])
+    if optimizer != "adamw":  # ZeRO-Offload steps with DeepSpeedCPUAdam only
+        offloads = ["none"]
+    precisions = ["bf16-mixed", "bf16", "fp16-mixed", "amp-bf16", "fp32"]
     targets = draw(st.lists(st.sampled_from(LAYER_LINEARS + EMBEDDING_MODULES), min_size=1, unique=True))
     free = [m for m in EMBEDDING_MODULES if m not in targets]
     mts = draw(st.lists(st.sampled_from(free), unique=True)) if method != "full" and free else []
     return TrainingSpec(
         method=method,
         precision=draw(st.sampled_from(precisions)),
-        optimizer=draw(st.sampled_from(["adamw", "adamw8bit", "sgd"])),
+        optimizer=optimizer,
         micro_batch_size=draw(st.integers(1, 64)),
         seq_len=draw(st.integers(1, 8192)),
         grad_ckpt=draw(st.booleans()),
