@@ -39,9 +39,6 @@ class Calibration(BaseModel):
     def bytes(self, name: str) -> int:
         return int(self.coefficients[name].value)
 
-    def sources(self) -> dict[str, bool]:
-        """Coefficient name -> whether it was fitted to measurements."""
-        return {k: c.calibrated for k, c in self.coefficients.items()}
 
 
 REQUIRED = ("cuda_context_bytes", "allocator_reserve_fraction", "host_process_bytes", "load_shard_bytes", "save_shard_bytes")

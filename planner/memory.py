@@ -44,8 +44,6 @@ class ParamCounts:
     base: int  # the model without adapters (after added tokens)
     weights_bytes: int  # all parameters as held on the device, unsharded
     persistent_bytes: int  # small parameters ZeRO-3 keeps whole on every rank
-    trainable_per_layer: int
-    trainable_outside_layers: int
     grad_bytes_per_layer: int  # gradients of one layer's trainable parameters
     grad_bytes_head: int  # gradients produced at the start of backward (lm_head, final norm)
     grad_bytes_total: int
@@ -125,7 +123,6 @@ def param_counts(arch: Architecture, spec: TrainingSpec) -> ParamCounts:
         lora = mts = 0
         trainable = base
         per_layer = prm.layer_params(arch)
-        outside = base - L * per_layer
         weights = base * dt.weight
         grad_layer, grad_total = per_layer * dt.grad, base * dt.grad
     else:
@@ -133,7 +130,6 @@ def param_counts(arch: Architecture, spec: TrainingSpec) -> ParamCounts:
         mts = prm.modules_to_save_params(arch, spec.modules_to_save, added)
         trainable = lora + mts
         per_layer = sum(prm.lora_module_params(arch, t, spec.lora_rank) for t in spec.lora_targets if t in LAYER_LINEARS)
-        outside = trainable - L * per_layer
         grad_layer, grad_total = per_layer * adapter_bytes_per_elem(spec), lora * adapter_bytes_per_elem(spec) + mts * dt.grad
         if spec.method == "qlora":
             # NF4 projections; norms, embeddings and lm_head stay in the weight dtype (fp32 after
@@ -158,8 +154,6 @@ def param_counts(arch: Architecture, spec: TrainingSpec) -> ParamCounts:
         base=base,
         weights_bytes=weights,
         persistent_bytes=min(weights, small * dt.weight),
-        trainable_per_layer=per_layer,
-        trainable_outside_layers=outside,
         grad_bytes_per_layer=grad_layer,
         grad_bytes_head=max(0, grad_total - L * grad_layer - _embedding_grad_bytes(arch, spec)),
         grad_bytes_total=grad_total,
