@@ -40,7 +40,6 @@ class Calibration(BaseModel):
         return int(self.coefficients[name].value)
 
 
-
 REQUIRED = ("cuda_context_bytes", "allocator_reserve_fraction", "host_process_bytes", "load_shard_bytes", "save_shard_bytes")
 
 

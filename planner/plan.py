@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from planner.calibration import Calibration, load_calibration
 from planner.formulas import checkpoint as ckpt
-from planner.formulas.dtypes import adapter_bytes_per_elem
+from planner.formulas.dtypes import adapter_dtype
 from planner.memory import CATEGORIES, GpuMemory, HostMemory, gpu_memory, host_memory, param_counts
 from planner.schemas import Architecture, Gpu, Instance
 from planner.spec import TrainingSpec
@@ -175,14 +175,6 @@ class Plan(_Out):
     cost: None = Field(default=None, description="Reserved: time and dollars per epoch (a later issue).")
 
 
-def _adapter_dtype_name(spec: TrainingSpec) -> Literal["fp32", "bf16", "fp16"]:
-    if spec.adapter_dtype != "auto":
-        return spec.adapter_dtype
-    if adapter_bytes_per_elem(spec) == 4:
-        return "fp32"
-    return "fp16" if spec.precision == "fp16-mixed" else "bf16"
-
-
 def _warnings(arch: Architecture, spec: TrainingSpec, gpu: Gpu, instance: Instance | None) -> list[str]:
     out = []
     if spec.precision in ("bf16-mixed", "amp-bf16", "bf16") and "bf16" not in gpu.peak_flops_per_s:
@@ -196,31 +188,13 @@ def _warnings(arch: Architecture, spec: TrainingSpec, gpu: Gpu, instance: Instan
     return out
 
 
-def _fits(
-    arch: Architecture, spec: TrainingSpec, gpu: Gpu, host_capacity: int | None, cal: Calibration, save_bytes: int
-) -> tuple[bool, bool]:
-    g = gpu_memory(arch, spec, cal)
-    fits_gpu = g.peak_bytes <= gpu.usable_memory_bytes
-    if host_capacity is None:
-        return fits_gpu, True
-    return fits_gpu, host_memory(arch, spec, cal, save_bytes).peak_bytes <= host_capacity
-
-
-def max_micro_batch(
-    arch: Architecture,
-    spec: TrainingSpec,
-    gpu: Gpu,
-    host_capacity: int | None,
-    cal: Calibration,
-    save_bytes: int,
-    *,
-    gpu_only: bool = False,
-) -> int:
-    """Largest micro batch that fits (memory never decreases with batch: bisection is exact)."""
+def max_micro_batch(arch: Architecture, spec: TrainingSpec, gpu: Gpu, cal: Calibration) -> int:
+    """Largest micro batch whose GPU peak fits (memory never decreases with batch, so the
+    doubling-then-bisection search is exact). Host RAM does not depend on the micro batch, so
+    it is checked once by the caller, not here."""
 
     def ok(b: int) -> bool:
-        fg, fh = _fits(arch, spec.model_copy(update={"micro_batch_size": b}), gpu, host_capacity, cal, save_bytes)
-        return fg and (gpu_only or fh)
+        return gpu_memory(arch, spec.model_copy(update={"micro_batch_size": b}), cal).peak_bytes <= gpu.usable_memory_bytes
 
     if not ok(1):
         return 0
@@ -283,6 +257,7 @@ def build_plan(
     )
     fits_gpu = g.peak_bytes <= gpu.usable_memory_bytes
     fits_host = None if host_capacity is None else h.peak_bytes <= host_capacity
+    max_gpu_batch = max_micro_batch(arch, spec, gpu, cal)
     limiting: list[Literal["gpu", "host"]] = []
     if not fits_gpu:
         limiting.append("gpu")
@@ -307,7 +282,7 @@ def build_plan(
         adapter_lora_bytes=adapter.lora_bytes if adapter else None,
         adapter_modules_to_save_bytes=adapter.modules_to_save_bytes if adapter else None,
         adapter_embedding_layers_bytes=adapter.embedding_layers_bytes if adapter else None,
-        adapter_dtype=_adapter_dtype_name(spec) if adapter else None,
+        adapter_dtype=adapter_dtype(spec) if adapter else None,
         training_state_bytes=ckpt.training_state_bytes(spec, pc.trainable, pc.lora),
         merged_model_bytes=ckpt.merged_model_bytes(arch, spec),
         storage_bytes=storage_bytes,
@@ -333,8 +308,8 @@ def build_plan(
             total=pc.total, trainable=pc.trainable, frozen=pc.frozen, base=pc.base, lora=pc.lora, modules_to_save=pc.modules_to_save
         ),
         memory=memory,
-        max_micro_batch_size=max_micro_batch(arch, spec, gpu, host_capacity, cal, save_bytes),
-        max_micro_batch_size_gpu=max_micro_batch(arch, spec, gpu, host_capacity, cal, save_bytes, gpu_only=True),
+        max_micro_batch_size=max_gpu_batch if fits_host is not False else 0,
+        max_micro_batch_size_gpu=max_gpu_batch,
         checkpoint=checkpoint,
         warnings=_warnings(arch, spec, gpu, instance),
         calibration=CalibrationInfo(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from planner.spec import Optimizer, TrainingSpec
 
@@ -65,8 +66,8 @@ def optimizer_step_temp_bytes(optimizer: Optimizer, dt: Dtypes, numel: int) -> i
 ADAPTER_DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 
-def adapter_bytes_per_elem(spec: TrainingSpec) -> int:
-    """Bytes of one LoRA A/B element as held in memory and saved.
+def adapter_dtype(spec: TrainingSpec) -> Literal["fp32", "bf16", "fp16"]:
+    """The dtype LoRA A/B are held in (and saved in).
 
     ``auto``: peft keeps adapters in fp32 (``autocast_adapter_dtype=True``,
     peft/tuners/tuners_utils.py). DeepSpeed's engine casts the module to 16 bit under ZeRO 0-2
@@ -75,9 +76,15 @@ def adapter_bytes_per_elem(spec: TrainingSpec) -> int:
     Pure bf16 training casts everything to bf16; amp-bf16 and fp32 keep fp32.
     """
     if spec.adapter_dtype != "auto":
-        return ADAPTER_DTYPE_BYTES[spec.adapter_dtype]
+        return spec.adapter_dtype
+    half: Literal["bf16", "fp16"] = "fp16" if spec.precision == "fp16-mixed" else "bf16"
     if spec.precision in ("amp-bf16", "fp32"):
-        return 4
+        return "fp32"
     if spec.precision == "bf16":
-        return 2
-    return 4 if spec.zero_stage == 3 else 2
+        return half
+    return "fp32" if spec.zero_stage == 3 else half
+
+
+def adapter_bytes_per_elem(spec: TrainingSpec) -> int:
+    """Bytes of one LoRA A/B element (see ``adapter_dtype``)."""
+    return ADAPTER_DTYPE_BYTES[adapter_dtype(spec)]
