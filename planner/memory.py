@@ -217,13 +217,17 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         step_elems = min(step_elems, ds.sub_group_size)
     step_temp = 0
     if not offload_opt:
-        # ZeRO flattens the 16-bit gradients and converts them to fp32 for the master step
-        # (stage3.py ``self.flatten(grads).to(fp32)``): both copies exist at once.
-        flat = (g + 4) * step_elems if dt.master else 0
-        step_temp = flat + optimizer_step_temp_bytes(spec.optimizer, dt, step_elems)
+        # Mixed precision steps the fp32 masters on an fp32 copy of the 16-bit gradients, alive
+        # through the update, next to the optimizer's own scratch. ZeRO makes that copy from a
+        # flat 16-bit one (stage_1_and_2.py / stage3.py ``self.flatten(grads).to(fp32)``), which
+        # is freed before the update starts: whichever of the two is larger sets the peak.
+        fp32_grads = 4 * step_elems if dt.master else 0
+        flat16 = g * step_elems if (dt.master and zero >= 1) else 0
+        step_temp = fp32_grads + max(flat16, optimizer_step_temp_bytes(spec.optimizer, dt, step_elems))
 
     # Reduce buckets: allocated whole (reduce_bucket_size elements), for ZeRO-3 at init.
-    buckets = reduce_buckets_bytes(zero, reduce_bucket_elems(arch, ds), g, ds)
+    # One GPU reduces nothing.
+    buckets = reduce_buckets_bytes(zero, reduce_bucket_elems(arch, ds), g, ds) if n > 1 else 0
     standing_buckets = buckets if zero == 3 else 0
     dequant = 0
     if spec.method == "qlora":  # bnb dequantizes one weight to 16 bit for each matmul
@@ -233,19 +237,11 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
     layer = act.layer_inventory(arch, spec, dt)
     layer_bytes = act.total(layer)
     model_items = act.model_level_saved(arch, spec, dt)
-    logits_items = [x for x in model_items if x.name in ("logits", "log_softmax_fp32")]
     model_bytes = act.total(model_items)
     ckpt_in = act.layer_checkpoint_input(arch, spec, dt).bytes
     per_layer_saved = ckpt_in if spec.grad_ckpt else layer_bytes
-    # One layer re-run during its backward. With an fp32 residual stream (amp-bf16, fp32) the
-    # norm's ``.to(float32)`` is a no-op, so the tensor it keeps is the checkpointed input itself.
-    recompute = layer_bytes - (ckpt_in if dt.resid == 4 else 0) if spec.grad_ckpt else 0
 
-    def saved_layers(k: int) -> int:
-        """Activations of the layers still waiting for backward when k of them remain."""
-        return k * per_layer_saved + (recompute if k > 0 else 0)
-
-    layer_bwd = act.layer_backward_transient(arch, spec, dt)
+    layer_moments = act.layer_backward_moments(arch, spec, dt)
     # Autocast caches a bf16 copy of every trainable fp32 weight until the outermost autocast
     # exits (torch/amp/autocast_mode.py; accelerate wraps the whole forward): with
     # checkpointing those copies are not among the saved tensors, so they come on top.
@@ -260,16 +256,36 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         activations=L * per_layer_saved + model_bytes + act.loss_forward_transient(arch, spec, dt) + autocast_cache,
         temporaries=live + dequant + standing_buckets,
     )
-    no_logits = model_bytes - act.total(logits_items)
+    # The training loop keeps only the loss (HF Trainer's ``compute_loss`` drops ``outputs``):
+    # the 16-bit logits die with the forward; log_softmax keeps its fp32 output for backward.
+    saved_model = model_bytes - act.total([x for x in model_items if x.name == "logits"])
+    # Inside the layers' backward the head's saved tensors (final norm, lm_head input,
+    # log-probabilities) are gone; what the embedding end keeps stays.
+    head_items = ("final_norm", "lm_head", "logits", "log_softmax_fp32")
+    below = act.total([x for x in model_items if not x.name.startswith(head_items)])
+
+    def layer_moment(k: int, m: act.BackwardMoment, grads_before: int) -> Split:
+        """The k-th layer from the bottom (k layers still to do) at moment m of its backward."""
+        kept = act.total([x for x in layer if not 0 <= m.freed_from <= act.stage_of(x)])
+        # Checkpointing re-runs the layer and keeps its input until the layer's backward ends.
+        # With an fp32 residual stream (amp-bf16, fp32) the norm's ``.to(float32)`` is a no-op,
+        # so the tensor it keeps is that input itself.
+        current = (ckpt_in + kept - (ckpt_in if dt.resid == 4 else 0)) if spec.grad_ckpt else kept
+        done = _layer_grad_bytes(arch, spec, act.LAYER_STAGES[m.freed_from :])
+        grads = grads_before + done
+        if zero >= 2:
+            grads = 0 if offload_opt else ceil_div(grads, n)
+        acts = (k - 1) * per_layer_saved + current + below
+        return Split(resident, max(grads, standing), opt, acts, live + dequant + m.temporaries + buckets)
+
     moments = [
         # the loss gradient: everything saved plus the fp32 gradients of log_softmax
         Split(
-            resident, standing, opt, L * per_layer_saved + model_bytes, live + act.loss_backward_transient(arch, spec) + standing_buckets
+            resident, standing, opt, L * per_layer_saved + saved_model, live + act.loss_backward_transient(arch, spec) + standing_buckets
         ),
-        # the first (top) layer's backward, its activations recomputed if checkpointing
-        Split(resident, grad_at["first_layer"], opt, saved_layers(L) + no_logits, live + dequant + layer_bwd + buckets),
-        # the last (bottom) layer's backward: gradients nearly complete
-        Split(resident, grad_at["last_layer"], opt, saved_layers(1) + no_logits, live + dequant + layer_bwd + buckets),
+        # the top layer (all others still saved) and the bottom one (gradients nearly complete)
+        *(layer_moment(L, m, head) for m in layer_moments),
+        *(layer_moment(1, m, head + (L - 1) * pc.grad_bytes_per_layer) for m in layer_moments),
         # the embedding gradient closes backward
         Split(resident, grad_at["all"], opt, 0, live + buckets),
     ]
@@ -290,6 +306,29 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         cuda_context_bytes=cal.bytes("cuda_context_bytes"),
         activation_items=items,
     )
+
+
+def _layer_grad_bytes(arch: Architecture, spec: TrainingSpec, stages: tuple[str, ...]) -> int:
+    """Gradient bytes of one layer's trainable parameters in the given stages (unsharded)."""
+    dt = dtypes(spec)
+    linears = prm.layer_linears(arch)
+    names = [n for n in LAYER_LINEARS if _LINEAR_STAGE[n] in stages]
+    if spec.method == "full":
+        norms = sum(arch.hidden_size for st in ("input_norm", "post_attention_norm") if st in stages)
+        return dt.grad * (sum(linears[n].numel for n in names) + norms)
+    ab = adapter_bytes_per_elem(spec)
+    return ab * sum(prm.lora_module_params(arch, n, spec.lora_rank) for n in names if n in spec.lora_targets)
+
+
+_LINEAR_STAGE = {
+    "q_proj": "qkv",
+    "k_proj": "qkv",
+    "v_proj": "qkv",
+    "o_proj": "o",
+    "gate_proj": "gate_up",
+    "up_proj": "gate_up",
+    "down_proj": "down",
+}
 
 
 def _embedding_grad_bytes(arch: Architecture, spec: TrainingSpec) -> int:

@@ -220,3 +220,34 @@ def render_instances(instances: tuple[Instance, ...], console: Console) -> None:
             i.id, i.provider, f"{i.gpu_count}× {i.gpu}", gib(i.host_memory_bytes), i.network, usd, f"{i.price_region}, {i.price_as_of}"
         )
     console.print(t)
+
+
+def render_agreement(results: list[tuple[str, list]], console: Console, verbose: bool = False) -> None:
+    """Planner vs measured records: one row per record (peak, the worst category, FLOPs).
+
+    ``results`` holds (label, rows) pairs from ``planner.agreement.compare``; with ``verbose``
+    every compared quantity gets its own row.
+    """
+    from rich.table import Table
+
+    t = Table(title="Planner vs trace (per GPU, GiB; error = planner / trace - 1)", title_justify="left")
+    for col in ("record", "quantity", "planner", "trace", "error", "ok"):
+        t.add_column(col, justify="left" if col in ("record", "quantity") else "right")
+    for name, rows in results:
+        shown = rows if verbose else _headline_rows(rows)
+        for i, r in enumerate(shown):
+            flops = r.what.startswith("flops")
+            fmt = (lambda x: f"{x:.4g}") if flops else (lambda x: f"{x / GIB:.2f}")
+            err = f"{r.error_rel * 100:+.1f}%" if r.measured else ("0" if r.predicted == 0 else "inf")
+            t.add_row(name if i == 0 else "", r.what, fmt(r.predicted), fmt(r.measured), err, "yes" if r.ok else "[red]NO[/red]")
+        t.add_section()
+    console.print(t)
+
+
+def _headline_rows(rows: list) -> list:
+    peak = [r for r in rows if r.what == "peak"]
+    flops = [r for r in rows if r.what.startswith("flops")]
+    cats = [r for r in rows if r.what.count(".") == 1 and not r.what.endswith(".total") and not r.what.startswith("flops")]
+    failing = [r for r in cats if not r.ok]
+    worst = failing or sorted((r for r in cats if r.measured), key=lambda r: -abs(r.error_rel) * (r.measured > r.allowed_abs))[:1]
+    return peak + worst + flops

@@ -54,6 +54,9 @@ class TrainingSpec(BaseModel):
     grad_accum: int = Field(default=1, ge=1)
     grad_ckpt: bool = True
     attention: Attention = "sdpa"
+    #: Batches carry a padding attention mask (the seed pads GSM8k to 512 tokens). Without one
+    #: (packed or equal-length batches) SDPA runs causal with grouped k/v and no mask tensor.
+    padding_mask: bool = True
     zero_stage: int = Field(default=3, ge=0, le=3)
     offload: Offload = "optimizer"
     gpus_per_node: int = Field(default=1, ge=1, le=64)

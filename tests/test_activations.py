@@ -87,7 +87,9 @@ def test_flash_attention_keeps_grouped_kv_unrepeated():
     assert inv["attn.q_rope"] == 2 * 4096 * 64 * 128
     assert inv["attn.k_rope"] == inv["attn.v"] == 2 * 4096 * 8 * 128  # 8 kv heads: 8x smaller than q
     sdpa = layer(TrainingSpec(method="full", micro_batch_size=1, seq_len=4096, attention="sdpa"), arch=A70)
-    assert sdpa["attn.k_repeated"] == inv["attn.q_rope"]  # transformers repeats k/v for SDPA with a mask
+    assert sdpa["attn.k"] == inv["attn.q_rope"]  # transformers repeats k/v for SDPA with a padding mask
+    unpadded = layer(TrainingSpec(method="full", micro_batch_size=1, seq_len=4096, attention="sdpa", padding_mask=False), arch=A70)
+    assert unpadded["attn.k"] == unpadded["attn.v"] == inv["attn.k_rope"]  # without one, the GQA kernel path
 
 
 def test_logits_and_fp32_loss_upcast():

@@ -109,8 +109,12 @@ def test_gpu_memory_never_increases_with_a_higher_zero_stage(arch, spec, stage, 
     optimizer on the GPU, a gradient-partition buffer) allocated for the whole run and gathers
     parameters, so on 1-3 GPUs its forward can hold more than stage 2's, whose buckets and
     gradients only exist from backward on. That is DeepSpeed's behaviour, not a modelling
-    artefact."""
+    artefact. Likewise everything is asserted from 2 GPUs on: one GPU reduces nothing (no
+    buckets) and steps a plain master-weight optimizer, while ZeRO's optimizer also makes a flat
+    16-bit gradient copy before its fp32 one, which with an 8-bit optimizer or SGD is larger than
+    the optimizer's own scratch."""
     assume(stage > spec.zero_stage and not (spec.offload == "all" and stage != 3))
+    assume(spec.world_size >= 2)
     assume(stage < 3 or spec.world_size >= 4)
     lower = spec.model_copy(update={"adapter_dtype": adapter})
     higher = lower.model_copy(update={"zero_stage": stage})
@@ -120,6 +124,8 @@ def test_gpu_memory_never_increases_with_a_higher_zero_stage(arch, spec, stage, 
 @SETTINGS
 @given(arch=st.sampled_from(ARCHS), spec=specs(), more_gpus=st.integers(0, 8), more_nodes=st.integers(0, 4))
 def test_gpu_memory_never_increases_with_more_gpus(arch, spec, more_gpus, more_nodes):
+    """From 2 GPUs on: going from one GPU to two adds data-parallel reduce buckets."""
+    assume(spec.world_size >= 2)
     bigger = spec.model_copy(update={"gpus_per_node": spec.gpus_per_node + more_gpus, "nodes": spec.nodes + more_nodes})
     assert gpu_peak(arch, bigger) <= gpu_peak(arch, spec)
 

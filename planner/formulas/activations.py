@@ -111,12 +111,15 @@ def _attention_core(arch: Architecture, spec: TrainingSpec, dt: Dtypes) -> list[
             out.append(Saved("attn.probs", dt.act * b * a * s * s))
         return out
     if spec.attention == "sdpa":
-        # transformers repeats k/v for SDPA when a padding mask is passed; the
-        # memory-efficient kernel keeps q, k, v, its output and the fp32 logsumexp.
+        # With a padding mask transformers repeats k/v to all heads (``use_gqa_in_sdpa`` is
+        # False) and the memory-efficient kernel keeps q, k, v, its output and the fp32
+        # logsumexp; without one it passes ``is_causal`` and ``enable_gqa`` and the flash kernel
+        # keeps k/v at their own head count.
+        kv_bytes = q if spec.padding_mask else dt.act * tokens * kv * d
         return [
             Saved("attn.q_rope", q),
-            Saved("attn.k_repeated", q),
-            Saved("attn.v_repeated", q),
+            Saved("attn.k", kv_bytes),
+            Saved("attn.v", kv_bytes),
             Saved("attn.sdpa_out", q),
             Saved("attn.logsumexp", 4 * b * a * s),
         ]
@@ -182,7 +185,7 @@ def model_level_saved(arch: Architecture, spec: TrainingSpec, dt: Dtypes) -> lis
     out = [Saved("input_ids", 8 * tokens)]
     if spec.attention == "eager":
         out.append(Saved("causal_mask", dt.resid * b * s * s))  # additive float mask (b, 1, s, s)
-    elif spec.attention == "sdpa":
+    elif spec.attention == "sdpa" and spec.padding_mask:
         out.append(Saved("causal_mask", 1 * b * s * s))  # boolean mask (b, 1, s, s)
     out += _rms_norm("final_norm", spec.method == "full", dt, tokens, h)
     if spec.method == "full" or "lm_head" in spec.modules_to_save:
@@ -211,23 +214,49 @@ def loss_backward_transient(arch: Architecture, spec: TrainingSpec) -> int:
     return 8 * spec.tokens_per_micro_batch * vocab(arch, spec.added_tokens)
 
 
-def layer_backward_transient(arch: Architecture, spec: TrainingSpec, dt: Dtypes) -> int:
-    """Activation gradients alive inside one layer's backward.
+#: Stages of a decoder layer in forward order; backward frees their saved tensors in reverse.
+LAYER_STAGES = ("input_norm", "qkv", "attn", "o", "post_attention_norm", "gate_up", "mlp", "down")
 
-    The residual-stream gradient and the one being accumulated (2 x T x h), plus the largest
-    of: the MLP's three (T x i) gradients of gate/SiLU/up, or the attention's — for eager the
-    probability gradient in bf16 plus two fp32 (b, a, s, s) softmax gradients, for fused kernels
-    the q/k/v gradients.
+
+def stage_of(item: Saved) -> int:
+    """Forward position of a saved layer tensor (-1: held until the layer's backward ends)."""
+    prefix = item.name.removeprefix("layer.").split(".")[0]
+    return LAYER_STAGES.index(prefix) if prefix in LAYER_STAGES else -1
+
+
+@dataclass(frozen=True)
+class BackwardMoment:
+    """A moment inside one decoder layer's backward: which saved tensors are already freed
+    (stages from ``freed_from`` on) and the activation gradients alive then (``temporaries``)."""
+
+    name: str
+    freed_from: int
+    temporaries: int
+
+
+def layer_backward_moments(arch: Architecture, spec: TrainingSpec, dt: Dtypes) -> list[BackwardMoment]:
+    """The two candidate peaks inside one layer's backward (autograd order is forward reversed).
+
+    * MLP: ``down_proj``'s backward is done (its input freed); ``mul``/SiLU backward hold the
+      gradient of down_proj's input and those of SiLU's output and up's output (3 x T x i),
+      next to the residual-stream gradient (T x h);
+    * attention: the MLP half and ``o_proj`` are done; the attention kernel's backward holds
+      the gradient of its output and produces those of q, k and v (k/v at the heads the kernel
+      saw); eager attention instead holds the score gradient in bf16 and fp32 (b x a x s x s).
     """
     b, s = spec.micro_batch_size, spec.seq_len
     tokens = b * s
     a, d = arch.num_attention_heads, arch.head_size
-    mlp = 3 * dt.act * tokens * arch.intermediate_size
+    resid_grad = dt.resid * tokens * arch.hidden_size
+    mlp = BackwardMoment("mlp", LAYER_STAGES.index("down"), resid_grad + 3 * dt.act * tokens * arch.intermediate_size)
+    kv_heads = a if (spec.attention == "eager" or (spec.attention == "sdpa" and spec.padding_mask)) else arch.kv_heads
     if spec.attention == "eager":
-        attn = (dt.act + 8) * b * a * s * s
+        scores = b * a * s * s
+        attn_temp = dt.act * tokens * a * d + (4 + dt.act) * scores
     else:
-        attn = 3 * dt.act * tokens * a * d
-    return 2 * dt.resid * tokens * arch.hidden_size + max(mlp, attn)
+        attn_temp = dt.act * tokens * (2 * a + 2 * kv_heads) * d
+    attn = BackwardMoment("attention", LAYER_STAGES.index("o"), resid_grad + attn_temp)
+    return [mlp, attn]
 
 
 def total(items: list[Saved]) -> int:

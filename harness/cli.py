@@ -1,0 +1,157 @@
+"""The ``harness`` command: measure training with the real stack (torch is imported lazily).
+
+Errors in the input print one line on stderr and exit 2, like ``plan``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import typer
+from pydantic import ValidationError
+
+from planner import catalog
+from planner.errors import PlannerError
+from planner.spec import TrainingSpec, parse_targets
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Measure fine-tuning with the real stack (transformers, peft, torch) and record it for the planner.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _group() -> None:
+    """Measure fine-tuning with the real stack and record it for the planner."""
+
+
+def trace_spec(**kw: Any) -> TrainingSpec:
+    """The spec a single-process trace measures: one GPU, no ZeRO, no offload (FSDP: world size N)."""
+    world = kw.pop("world_size", 1)
+    try:
+        kw.setdefault("padding_mask", False)  # a trace's batches are unpadded: no attention mask
+        return TrainingSpec(zero_stage=3 if world > 1 else 0, offload="none", gpus_per_node=world, **kw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        msg = err["msg"].removeprefix("Value error, ")
+        where = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else ""
+        raise PlannerError(f"{where}: {msg}" if where else msg) from None
+
+
+@app.command("trace")
+def trace_cmd(
+    model: str = typer.Option(..., "--model", "-m", help="Alias (7b, 13b, 70b), catalog name or path to a config.json."),
+    method: Literal["full", "lora"] = typer.Option("lora", "--method", case_sensitive=False),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1),
+    seq_len: int = typer.Option(512, "--seq-len", "-s", min=1),
+    grad_ckpt: bool = typer.Option(True, "--grad-ckpt/--no-grad-ckpt"),
+    attention: Literal["eager", "sdpa"] = typer.Option("sdpa", "--attention", case_sensitive=False),
+    precision: Literal["bf16-mixed", "amp-bf16", "bf16", "fp16-mixed", "fp32"] = typer.Option(
+        "bf16-mixed", "--precision", case_sensitive=False
+    ),
+    lora_rank: int = typer.Option(8, "--lora-rank", "-r", min=1),
+    lora_alpha: float = typer.Option(16.0, "--lora-alpha"),
+    lora_dropout: float = typer.Option(0.05, "--lora-dropout", min=0.0, max=0.99),
+    lora_targets: str = typer.Option("all-linear", "--lora-targets"),
+    modules_to_save: str = typer.Option("", "--modules-to-save"),
+    adapter_dtype: Literal["auto", "fp32", "bf16", "fp16"] = typer.Option(
+        "auto", "--adapter-dtype", case_sensitive=False, help="auto: as the planner resolves it (bf16 without ZeRO-3)."
+    ),
+    world_size: int = typer.Option(1, "--world-size", min=1, max=64, help=">1: FSDP2 (fully_shard) over a fake process group."),
+    steps: int = typer.Option(2, "--steps", min=1, max=5, help="Training steps; the last is reported as the steady state."),
+    flops: bool = typer.Option(True, "--flops/--no-flops", help="Also count FLOPs (one more forward+backward)."),
+    out: Path | None = typer.Option(None, "--out", help="Append the record (JSON line) to this file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (raw integer bytes)."),
+) -> None:
+    """Trace full-size training steps on fake tensors: memory per category and phase, FLOPs."""
+    arch = catalog.find_model(model)
+    spec = trace_spec(
+        method=method,
+        micro_batch_size=batch_size,
+        seq_len=seq_len,
+        grad_ckpt=grad_ckpt,
+        attention=attention,
+        precision=precision,
+        lora_rank=lora_rank,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        lora_targets=parse_targets(lora_targets),
+        modules_to_save=parse_targets(modules_to_save),
+        adapter_dtype=adapter_dtype,
+        world_size=world_size,
+    )
+    record = run_trace(arch.name, spec, steps=steps, flops=flops, command=_command())
+    if out is not None:
+        from planner.measurement import append_measurement
+
+        append_measurement(out, record)
+    if as_json:
+        assert record.result is not None
+        sys.stdout.write(json.dumps(record.result.model_dump(), indent=2) + "\n")
+    else:
+        from harness.report import render_trace
+
+        render_trace(record)
+
+
+def _command() -> str:
+    return "harness " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def run_trace(model: str, spec: TrainingSpec, steps: int = 2, flops: bool = True, command: str = "") -> Any:
+    """Trace ``spec`` and wrap the result as a ``Measurement`` (a failure is recorded as its error)."""
+    from planner.measurement import Measurement, TraceResult
+
+    arch = catalog.find_model(model)
+    if spec.world_size > 1:
+        from harness.fsdp_trace import trace_fsdp as run
+    else:
+        from harness.trace import trace as run
+    from harness.trace import TOOL, versions
+
+    base = {
+        "kind": "trace",
+        "model": arch.name,
+        "spec": spec,
+        "sharding": "fsdp2" if spec.world_size > 1 else "none",
+        "tool": TOOL,
+        "versions": versions(),
+        "command": command,
+        "date": dt.date.today().isoformat(),
+        "host": f"{platform.machine()} {platform.system()}",
+    }
+    result = run(arch, spec, steps=steps, flops=flops)
+    return Measurement(**base, result=TraceResult.model_validate(result))
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        rv = app(args=argv, prog_name="harness", standalone_mode=False)
+    except PlannerError as exc:
+        print(f"harness: error: {exc}", file=sys.stderr)
+        return 2
+    except (typer.Abort, KeyboardInterrupt):
+        print("harness: aborted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:
+        if hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int):
+            print(f"harness: error: {' '.join(exc.format_message().split())}", file=sys.stderr)
+            return 2
+        raise
+    return rv if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

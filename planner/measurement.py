@@ -1,0 +1,127 @@
+"""Measured records (``data/measurements/**.jsonl``): what the harness saw, readable without torch.
+
+One JSON object per line. A record names the model and the full ``TrainingSpec`` it measured,
+the tool and library versions, the exact command, and what was measured; a failed measurement
+keeps its error instead of numbers (nothing is dropped). ``schema_version`` is checked on load.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from planner.errors import PlannerError
+from planner.spec import TrainingSpec
+
+SCHEMA_VERSION = 1
+CATEGORIES = ("parameters", "gradients", "optimizer_states", "activations", "temporaries")
+PHASES = ("forward", "backward", "optimizer_step")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CategoryBytes(_Strict):
+    """Live tensor bytes split as PyTorch's MemTracker splits them (buffers with parameters)."""
+
+    parameters: int = Field(ge=0)
+    gradients: int = Field(ge=0)
+    optimizer_states: int = Field(ge=0)
+    activations: int = Field(ge=0)
+    temporaries: int = Field(ge=0)
+
+    @property
+    def total(self) -> int:
+        return self.parameters + self.gradients + self.optimizer_states + self.activations + self.temporaries
+
+
+class StepTrace(_Strict):
+    """One training step: the peak of each phase and the split at that moment (per rank)."""
+
+    peak_bytes: int = Field(ge=0)
+    peak_phase: Literal["forward", "backward", "optimizer_step"]
+    at_peak_bytes: CategoryBytes
+    phase_peaks_bytes: dict[Literal["forward", "backward", "optimizer_step"], int]
+    phase_split_bytes: dict[Literal["forward", "backward", "optimizer_step"], CategoryBytes]
+
+
+class Flops(_Strict):
+    forward: int = Field(ge=0)
+    backward: int = Field(ge=0)
+
+
+class ParameterCount(_Strict):
+    total: int = Field(ge=0)
+    trainable: int = Field(ge=0)
+
+
+class TraceResult(_Strict):
+    """What ``harness trace`` measured. The top-level peak fields are the steady-state (last) step."""
+
+    peak_bytes: int = Field(ge=0)
+    peak_phase: Literal["forward", "backward", "optimizer_step"]
+    at_peak_bytes: CategoryBytes
+    phase_peaks_bytes: dict[Literal["forward", "backward", "optimizer_step"], int]
+    phase_split_bytes: dict[Literal["forward", "backward", "optimizer_step"], CategoryBytes]
+    steps: list[StepTrace]
+    flops: Flops | None = None
+    parameters: ParameterCount
+    wall_s: float = Field(ge=0)
+    max_rss_bytes: int = Field(ge=0)
+
+
+class Measurement(_Strict):
+    schema_version: Literal[1] = 1
+    kind: Literal["trace"]
+    model: str = Field(description="Catalog name of the architecture.")
+    spec: TrainingSpec
+    sharding: Literal["none", "fsdp2"] = "none"
+    tool: str = Field(description="What measured it, e.g. 'harness trace (FakeTensorMode + MemTracker)'.")
+    versions: dict[str, str]
+    command: str
+    date: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}")
+    host: str
+    result: TraceResult | None = None
+    error: str | None = None
+
+
+def read_measurements(path: Path) -> list[Measurement]:
+    """Every record of one ``.jsonl`` file (or of all ``.jsonl`` files under a folder)."""
+    files = sorted(path.rglob("*.jsonl")) if path.is_dir() else [path]
+    out: list[Measurement] = []
+    for f in files:
+        for n, line in enumerate(f.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise PlannerError(f"{f}:{n}: not valid JSON ({exc.msg})") from None
+            version = raw.get("schema_version") if isinstance(raw, dict) else None
+            if version != SCHEMA_VERSION:
+                raise PlannerError(f"{f}:{n}: measurement schema_version {version!r}, this planner reads {SCHEMA_VERSION}")
+            try:
+                out.append(Measurement.model_validate(raw))
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                where = ".".join(str(x) for x in err["loc"])
+                raise PlannerError(f"{f}:{n}: field {where}: {err['msg']}") from None
+    return out
+
+
+def append_measurement(path: Path, record: Measurement) -> None:
+    """Append one record as one line, written whole (a crash never leaves half a line)."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (record.model_dump_json() + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
