@@ -40,6 +40,8 @@ def trace_spec(**kw: Any) -> TrainingSpec:
     world = kw.pop("world_size", 1)
     try:
         kw.setdefault("padding_mask", False)  # a trace's batches are unpadded: no attention mask
+        if world > 1:
+            kw.setdefault("sharding", "fsdp2")
         return TrainingSpec(zero_stage=3 if world > 1 else 0, offload="none", gpus_per_node=world, **kw)
     except ValidationError as exc:
         err = exc.errors()[0]
@@ -90,7 +92,11 @@ def trace_cmd(
         adapter_dtype=adapter_dtype,
         world_size=world_size,
     )
-    record = run_trace(arch.name, spec, steps=steps, flops=flops, command=_command())
+    from harness.trace import untested_versions
+
+    for v in untested_versions():
+        print(f"harness: warning: {v}; the trace relies on private torch API and transformers internals", file=sys.stderr)
+    record = run_trace(arch.name, spec, steps=steps, flops=flops, command=_command(), progress=_progress)
     if out is not None:
         from planner.measurement import append_measurement
 
@@ -108,7 +114,11 @@ def _command() -> str:
     return "harness " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
-def run_trace(model: str, spec: TrainingSpec, steps: int = 2, flops: bool = True, command: str = "") -> Any:
+def _progress(msg: str) -> None:
+    print(f"harness: {msg}", file=sys.stderr, flush=True)
+
+
+def run_trace(model: str, spec: TrainingSpec, steps: int = 2, flops: bool = True, command: str = "", progress: Any = None) -> Any:
     """Trace ``spec`` and wrap the result as a ``Measurement`` (a failure is recorded as its error)."""
     from planner.measurement import Measurement, TraceResult
 
@@ -130,7 +140,8 @@ def run_trace(model: str, spec: TrainingSpec, steps: int = 2, flops: bool = True
         "date": dt.date.today().isoformat(),
         "host": f"{platform.machine()} {platform.system()}",
     }
-    result = run(arch, spec, steps=steps, flops=flops)
+    kwargs = {"progress": progress} if progress is not None and spec.world_size == 1 else {}
+    result = run(arch, spec, steps=steps, flops=flops, **kwargs)
     return Measurement(**base, result=TraceResult.model_validate(result))
 
 

@@ -50,7 +50,7 @@ import platform
 import resource
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -439,13 +439,24 @@ class StepResult:
         }
 
 
-def trace(arch: Architecture, spec: TrainingSpec, steps: int = 2, flops: bool = True, debug: bool = False) -> dict[str, Any]:
-    """Run ``steps`` training steps of ``spec`` on fake tensors and measure them; see module docstring."""
+def trace(
+    arch: Architecture,
+    spec: TrainingSpec,
+    steps: int = 2,
+    flops: bool = True,
+    debug: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run ``steps`` training steps of ``spec`` on fake tensors and measure them; see module docstring.
+
+    ``progress`` is called with a short line at each stage (building, each step, FLOPs)."""
+    say = progress or (lambda _msg: None)
     if spec.world_size != 1 or spec.zero_stage != 0 or spec.offload != "none":
         raise PlannerError("a single-process trace sees one GPU without ZeRO or offload (use --world-size for FSDP)")
     _register_cpu_flash_flops()
     t0 = time.perf_counter()
     with _quiet(), _unpacked_batches(), _cuda_dropout():
+        say(f"building {arch.name} ({spec.method}) on fake tensors")
         model = build_model(arch, spec)
         fake = FakeTensorMode(allow_non_fake_inputs=False)
         with fake:
@@ -465,7 +476,8 @@ def trace(arch: Architecture, spec: TrainingSpec, steps: int = 2, flops: bool = 
             tracker.track_external(model)
             leaves = _capture_input_leaves(model)
             with tracker:
-                for _ in range(steps):
+                for i in range(steps):
+                    say(f"step {i + 1}/{steps}: forward, backward, optimizer step ({time.perf_counter() - t0:.0f} s)")
                     tracker.peaks = {}
                     tracker.start_phase("forward")
                     ids, labels = _batch(arch, spec)
@@ -481,7 +493,9 @@ def trace(arch: Architecture, spec: TrainingSpec, steps: int = 2, flops: bool = 
                     gc.collect()
                     tracker.reset_mod_stats()
                     results.append(StepResult(dict(tracker.peaks)))
-            flop_counts = _count_flops(model, arch, spec) if flops else {}
+            if flops:
+                say(f"counting FLOPs: one more forward and backward ({time.perf_counter() - t0:.0f} s)")
+            flop_counts = _count_flops(model, arch, spec) if flops else None
     wall = time.perf_counter() - t0
     steady = results[-1]
     out = {
@@ -509,6 +523,16 @@ def _count_flops(model: nn.Module, arch: Architecture, spec: TrainingSpec) -> di
     total = counter.get_total_flops()
     model.zero_grad(set_to_none=True)
     return {"forward": int(fwd), "backward": int(total - fwd)}
+
+
+#: The versions the trace is tested with (pyproject's harness extra pins them).
+TESTED_VERSIONS = {"torch": "2.13.0", "transformers": "5.24.0", "peft": "0.21.2"}
+
+
+def untested_versions() -> list[str]:
+    """``name installed (tested: x)`` for each library that differs from ``TESTED_VERSIONS``."""
+    have = versions()
+    return [f"{k} {have[k]} (tested: {v})" for k, v in TESTED_VERSIONS.items() if have[k].split("+")[0] != v]
 
 
 def versions() -> dict[str, str]:

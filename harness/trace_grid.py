@@ -28,13 +28,24 @@ def single_gpu_grid(models: list[str]) -> list[tuple[str, dict]]:
     return out
 
 
+def extra_grid() -> list[tuple[str, dict]]:
+    """Records beyond the issue's grid that pin other physics: long sequences (eager attention's
+    s x s transients outgrow the logits), classic LoRA (q/v only, no dropout), pure bf16, and a
+    GQA model with tied embeddings and a 128k vocabulary."""
+    eager_long = {"attention": "eager", "grad_ckpt": True, "micro_batch_size": 1, "seq_len": 4096}
+    return [
+        ("llama-2-7b", {"method": "full", **eager_long}),
+        ("llama-2-7b", {"method": "lora", **eager_long}),
+        ("llama-2-7b", {"method": "lora", "lora_targets": ("q_proj", "v_proj"), "lora_dropout": 0.0, "grad_ckpt": False}),
+        ("llama-2-7b", {"method": "lora", "precision": "bf16", "grad_ckpt": True}),
+        ("llama-3.2-1b", {"method": "lora", "grad_ckpt": True}),
+        ("llama-3.2-1b", {"method": "full", "grad_ckpt": False}),
+    ]
+
+
 def fsdp_grid(models: list[str]) -> list[tuple[str, dict]]:
-    out = []
-    for model, method in itertools.product(models, ("full", "lora")):
-        out.append(
-            (model, {"method": method, "grad_ckpt": True, "attention": "sdpa", "micro_batch_size": 1, "seq_len": 512, "world_size": 8})
-        )
-    return out
+    base = {"precision": "bf16", "grad_ckpt": True, "attention": "sdpa", "micro_batch_size": 1, "seq_len": 512, "world_size": 8}
+    return [(model, {"method": method, **base}) for model, method in itertools.product(models, ("full", "lora"))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,10 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="7b,13b,70b")
     ap.add_argument("--fsdp-models", default="7b,70b", help="models for the FSDP2 records ('' for none)")
     ap.add_argument("--out-dir", type=Path, default=OUT_DIR)
+    ap.add_argument("--no-extra", dest="extra", action="store_false", help="skip the records beyond the issue's grid")
     args = ap.parse_args(argv)
     models = [find_model(m).name for m in args.models.split(",") if m]
     fsdp_models = [find_model(m).name for m in args.fsdp_models.split(",") if m]
-    jobs = single_gpu_grid(models) + fsdp_grid(fsdp_models)
+    jobs = single_gpu_grid(models) + (extra_grid() if args.extra else []) + fsdp_grid(fsdp_models)
     for n, (model, kw) in enumerate(jobs, start=1):
         spec = trace_spec(**kw)
         path = args.out_dir / f"{model}.jsonl"

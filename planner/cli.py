@@ -48,9 +48,15 @@ def plan(
     seq_len: int = typer.Option(512, "--seq-len", "-s", min=1),
     grad_accum: int = typer.Option(1, "--grad-accum", min=1),
     zero: int = typer.Option(3, "--zero", min=0, max=3, help="DeepSpeed ZeRO stage 0-3."),
+    sharding: Literal["deepspeed", "fsdp2"] = typer.Option(
+        "deepspeed", "--sharding", case_sensitive=False, help="What shards at --zero 3: DeepSpeed ZeRO-3 or PyTorch FSDP2 (fully_shard)."
+    ),
     offload: Literal["none", "optimizer", "all"] = typer.Option("optimizer", "--offload", case_sensitive=False),
     grad_ckpt: bool = typer.Option(True, "--grad-ckpt/--no-grad-ckpt"),
     attention: Literal["eager", "sdpa", "flash"] = typer.Option("sdpa", "--attention", case_sensitive=False),
+    padding_mask: bool = typer.Option(
+        True, "--padding-mask/--no-padding-mask", help="Batches carry a padding attention mask (padded samples, the seed's)."
+    ),
     precision: Literal["bf16-mixed", "amp-bf16", "bf16", "fp16-mixed", "fp32"] = typer.Option(
         "bf16-mixed", "--precision", case_sensitive=False
     ),
@@ -109,7 +115,9 @@ def plan(
             grad_accum=grad_accum,
             grad_ckpt=grad_ckpt,
             attention=attention,
+            padding_mask=padding_mask,
             zero_stage=zero,
+            sharding=sharding,
             offload=offload,
             gpus_per_node=per_node,
             nodes=nodes,

@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 from planner.calibration import Calibration
 from planner.formulas import activations as act
 from planner.formulas import params as prm
-from planner.formulas.dtypes import PRECISIONS, Dtypes, adapter_bytes_per_elem, optimizer_state_bytes, optimizer_step_temp_bytes
+from planner.formulas.dtypes import (
+    FSDP2_MIXED,
+    PRECISIONS,
+    Dtypes,
+    adapter_bytes_per_elem,
+    optimizer_state_bytes,
+    optimizer_step_temp_bytes,
+)
 from planner.formulas.zero import (
     ceil_div,
     persistence_threshold_elems,
@@ -104,6 +111,8 @@ class HostMemory:
 
 
 def dtypes(spec: TrainingSpec) -> Dtypes:
+    if spec.sharding == "fsdp2" and spec.precision == "bf16-mixed":
+        return FSDP2_MIXED
     return PRECISIONS[spec.precision]
 
 
@@ -136,7 +145,8 @@ def param_counts(arch: Architecture, spec: TrainingSpec) -> ParamCounts:
             # peft's prepare_model_for_kbit_training, i.e. amp-bf16 here).
             frozen_bytes = prm.qlora_linear_bytes(arch, spec.qlora_double_quant) + (base - prm.linear_weight_params(arch)) * dt.weight
         else:
-            frozen_bytes = base * dt.weight
+            # FSDP2 mixed precision leaves a frozen bf16 base as loaded (only trainable shards are fp32)
+            frozen_bytes = base * (dt.act if spec.sharding == "fsdp2" else dt.weight)
         ab = adapter_bytes_per_elem(spec)  # LoRA A/B live (and get gradients) in the adapter dtype
         weights = frozen_bytes + lora * ab + mts * dt.weight
     if spec.method == "qlora":
@@ -171,7 +181,13 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
 
     # -- parameters: ZeRO-3 shards all but the small persistent ones; --offload all moves the
     #    shards to host memory and streams them in.
-    if zero == 3:
+    fsdp = _fsdp2_terms(arch, spec, pc) if spec.sharding == "fsdp2" else None
+    if fsdp is not None:
+        # FSDP2 keeps every parameter sharded (no persistence threshold); what it gathers is
+        # counted below as resident while running (unsharded parameters) and as all-gather /
+        # reduce-scatter buffers (temporaries).
+        resident, live = ceil_div(pc.weights_bytes, n), 0
+    elif zero == 3:
         resident = pc.persistent_bytes + ceil_div(pc.weights_bytes - pc.persistent_bytes, n)
         if spec.offload == "all":
             resident = pc.persistent_bytes
@@ -204,7 +220,7 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
     # one flat buffer allocated at init (stage3.py ``grad_partitions_flat_buffer``, on the GPU
     # unless the optimizer is offloaded); with gradient accumulation the summed gradients of
     # earlier micro batches stay allocated through the next ones.
-    standing = grad_at["all"] if (spec.grad_accum > 1 or zero == 3) else 0
+    standing = grad_at["all"] if (spec.grad_accum > 1 or (zero == 3 and fsdp is None)) else 0
     grad_at = {k: max(v, standing) for k, v in grad_at.items()}
 
     # -- optimizer: fp32 master (mixed precision) + moments, sharded from stage 1 on.
@@ -213,7 +229,7 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
     # Optimizer-step scratch: the fp32 gradient copy ZeRO makes for its master partition and
     # foreach AdamW's sqrt buffer, for one sub-group (stage 3) or the whole partition.
     step_elems = ceil_div(pc.trainable, n) if zero >= 1 else pc.trainable
-    if zero == 3:
+    if zero == 3 and fsdp is None:  # FSDP2 steps the whole shard with one foreach AdamW
         step_elems = min(step_elems, ds.sub_group_size)
     step_temp = 0
     if not offload_opt:
@@ -227,7 +243,7 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
 
     # Reduce buckets: allocated whole (reduce_bucket_size elements), for ZeRO-3 at init.
     # One GPU reduces nothing.
-    buckets = reduce_buckets_bytes(zero, reduce_bucket_elems(arch, ds), g, ds) if n > 1 else 0
+    buckets = reduce_buckets_bytes(zero, reduce_bucket_elems(arch, ds), g, ds) if n > 1 and fsdp is None else 0
     standing_buckets = buckets if zero == 3 else 0
     dequant = 0
     if spec.method == "qlora":  # bnb dequantizes one weight to 16 bit for each matmul
@@ -249,13 +265,35 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
     if spec.precision == "amp-bf16" and spec.method == "full":
         lm_head = prm.vocab(arch, spec.added_tokens) * arch.hidden_size * dt.act
         autocast_cache = lm_head + (L * act.autocast_weight_cast_bytes(arch, dt) if spec.grad_ckpt else 0)
-    fwd = Split(
+    fwd_loss = Split(
         parameters=resident,
         gradients=standing,
         optimizer_states=opt,
         activations=L * per_layer_saved + model_bytes + act.loss_forward_transient(arch, spec, dt) + autocast_cache,
         temporaries=live + dequant + standing_buckets,
     )
+    # Inside the top layer's forward: the layers below saved, this one's transients on top.
+    below_fwd = act.total([x for x in model_items if not x.name.startswith(("final_norm", "lm_head", "logits", "log_softmax_fp32"))])
+
+    def fwd_layer(m: act.BackwardMoment) -> Split:
+        if spec.grad_ckpt:  # nothing of this layer is saved but its input
+            current = ckpt_in
+        else:  # this layer's saved tensors up to the moment (the probabilities not yet made)
+            current = act.total([x for x in layer if not 0 <= m.freed_from <= act.stage_of(x) and x.name != "attn.probs"])
+        acts = (L - 1) * per_layer_saved + current + below_fwd + m.temporaries + autocast_cache
+        if fsdp is not None:  # root and this layer gathered, its all-gather output alive
+            return Split(resident + fsdp.root + fsdp.layer, 0, opt, acts, fsdp.layer + dequant)
+        return Split(resident, standing, opt, acts, live + dequant + standing_buckets)
+
+    if fsdp is not None:  # the root stays gathered; the last layer's all-gather output is kept
+        fwd_loss = Split(resident + fsdp.root, 0, opt, fwd_loss.activations, fsdp.layer + dequant)
+    fwd_moments = [fwd_loss, *(fwd_layer(m) for m in act.layer_forward_moments(arch, spec, dt))]
+    if fsdp is not None:
+        # gathering the top layer: the previous layer's all-gather output is still referenced
+        # until this one's has been waited on (two buffers), the layers below saved
+        acts = L * per_layer_saved + below_fwd + autocast_cache
+        fwd_moments.append(Split(resident + fsdp.root + fsdp.layer, 0, opt, acts, 2 * fsdp.layer + dequant))
+    fwd = max(fwd_moments, key=lambda x: x.total)
     # The training loop keeps only the loss (HF Trainer's ``compute_loss`` drops ``outputs``):
     # the 16-bit logits die with the forward; log_softmax keeps its fp32 output for backward.
     saved_model = model_bytes - act.total([x for x in model_items if x.name == "logits"])
@@ -266,7 +304,7 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
 
     def layer_moment(k: int, m: act.BackwardMoment, grads_before: int) -> Split:
         """The k-th layer from the bottom (k layers still to do) at moment m of its backward."""
-        kept = act.total([x for x in layer if not 0 <= m.freed_from <= act.stage_of(x)])
+        kept = act.total([x for x in layer if not 0 <= m.freed_from <= act.stage_of(x) and x.name not in m.also_freed])
         # Checkpointing re-runs the layer and keeps its input until the layer's backward ends.
         # With an fp32 residual stream (amp-bf16, fp32) the norm's ``.to(float32)`` is a no-op,
         # so the tensor it keeps is that input itself.
@@ -276,7 +314,35 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         if zero >= 2:
             grads = 0 if offload_opt else ceil_div(grads, n)
         acts = (k - 1) * per_layer_saved + current + below
+        if fsdp is not None:
+            return fsdp_backward(k, acts, m.temporaries, done)
         return Split(resident, max(grads, standing), opt, acts, live + dequant + m.temporaries + buckets)
+
+    def fsdp_backward(k: int, acts: int, temps: int, layer_grads: int) -> Split:
+        """FSDP2 in the k-th layer's backward: root and this layer gathered, one all-gather and
+        one reduce-scatter buffer; the layers above reduced to shards, the last of them still
+        a temporary (the reduce-scatter output is added into the sharded gradient when the
+        next one starts); lm_head's gradient and this layer's (in the compute dtype)
+        unsharded until their reduce-scatter."""
+        assert fsdp is not None
+        grad_elem = dt.grad if spec.method == "full" else adapter_bytes_per_elem(spec)
+        reduced = ceil_div(pc.grad_bytes_per_layer, n) if k < L else 0
+        grads = ceil_div((L - k) * pc.grad_bytes_per_layer, n) - reduced + fsdp.root_grad + layer_grads * dt.act // grad_elem
+        return Split(resident + fsdp.root + fsdp.layer, grads, opt, acts, fsdp.layer + fsdp.reduce_scatter + reduced + dequant + temps)
+
+    def recompute_end(k: int) -> Split:
+        """The k-th layer from the bottom at the end of its re-run (checkpointing only)."""
+        extra_acts, temps = act.recompute_end_bytes(arch, spec, dt)
+        current = ckpt_in + layer_bytes - (ckpt_in if dt.resid == 4 else 0)
+        acts = (k - 1) * per_layer_saved + current + below + extra_acts
+        if fsdp is not None:
+            return fsdp_backward(k, acts, temps, 0)
+        grads = grads_before_layer(k)
+        return Split(resident, max(grads, standing), opt, acts, live + dequant + temps + buckets)
+
+    def grads_before_layer(k: int) -> int:
+        grads = head + (L - k) * pc.grad_bytes_per_layer
+        return (0 if offload_opt else ceil_div(grads, n)) if zero >= 2 else grads
 
     moments = [
         # the loss gradient: everything saved plus the fp32 gradients of log_softmax
@@ -286,9 +352,20 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         # the top layer (all others still saved) and the bottom one (gradients nearly complete)
         *(layer_moment(L, m, head) for m in layer_moments),
         *(layer_moment(1, m, head + (L - 1) * pc.grad_bytes_per_layer) for m in layer_moments),
+        *([recompute_end(L), recompute_end(1)] if spec.grad_ckpt else []),
         # the embedding gradient closes backward
         Split(resident, grad_at["all"], opt, 0, live + buckets),
     ]
+    if fsdp is not None:
+        loss, emb = moments[0], moments[-1]
+        moments[0] = Split(resident + fsdp.root, 0, opt, loss.activations, fsdp.layer + loss.temporaries - live - standing_buckets)
+        moments[-1] = Split(resident + fsdp.root, emb.gradients + fsdp.root_grad, opt, 0, 0)
+        # the end of a layer's backward: all its gradients made, its saved tensors freed
+        resid_grad = dt.resid * spec.tokens_per_micro_batch * arch.hidden_size
+        moments += [
+            fsdp_backward(1, below, resid_grad, pc.grad_bytes_per_layer),
+            fsdp_backward(L, (L - 1) * per_layer_saved + below, resid_grad, pc.grad_bytes_per_layer),
+        ]
     bwd = max(moments, key=lambda x: x.total)
     step = Split(resident, grad_at["all"], opt, 0, step_temp + standing_buckets)
     save = Split(resident, standing, opt, 0, (live if zero == 3 else 0) + standing_buckets)
@@ -305,6 +382,44 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         peak_reserved_bytes=reserved,
         cuda_context_bytes=cal.bytes("cuda_context_bytes"),
         activation_items=items,
+    )
+
+
+@dataclass(frozen=True)
+class Fsdp2Terms:
+    """What FSDP2 gathers and buffers on one rank (bytes): the root group (embeddings, final
+    norm, lm_head) and one decoder layer unsharded in the compute dtype, one layer's gradients in
+    the reduce dtype for the reduce-scatter, and the root's gradients held unsharded through
+    backward (the root reduce-scatters last)."""
+
+    root: int
+    layer: int
+    reduce_scatter: int
+    root_grad: int
+
+
+def _fsdp2_terms(arch: Architecture, spec: TrainingSpec, pc: ParamCounts) -> Fsdp2Terms:
+    dt = dtypes(spec)
+    h, v = arch.hidden_size, prm.vocab(arch, spec.added_tokens)
+    root_elems = prm.embedding_params(arch, spec.added_tokens) + prm.lm_head_params(arch, spec.added_tokens) + h
+    layer_elems = prm.layer_params(arch)
+    if spec.method == "full":
+        layer_grad_elems, root_grad_elems = layer_elems, prm.lm_head_params(arch, spec.added_tokens) + h
+    else:
+        layer_grad_elems = sum(prm.lora_module_params(arch, t, spec.lora_rank) for t in spec.lora_targets if t in LAYER_LINEARS)
+        layer_elems += layer_grad_elems
+        head = prm.lora_module_params(arch, "lm_head", spec.lora_rank, spec.added_tokens) if "lm_head" in spec.lora_targets else 0
+        head += v * h if "lm_head" in spec.modules_to_save else 0
+        root_elems += head + (
+            prm.lora_module_params(arch, "embed_tokens", spec.lora_rank, spec.added_tokens) if "embed_tokens" in spec.lora_targets else 0
+        )
+        root_grad_elems = head
+    reduce_bytes = 4 if spec.precision == "bf16-mixed" else dt.act
+    return Fsdp2Terms(
+        root=root_elems * dt.act,
+        layer=layer_elems * dt.act,
+        reduce_scatter=layer_grad_elems * reduce_bytes,
+        root_grad=root_grad_elems * dt.act,
     )
 
 

@@ -50,7 +50,7 @@ def render_plan(plan: Plan, console: Console) -> None:
             (f"{plan.inputs.model}", "bold cyan"),
             f" · {method}{lora} · {where}\n",
             f"micro batch {spec.micro_batch_size} × seq {spec.seq_len} (grad accum {spec.grad_accum}) · {spec.precision} · "
-            f"{spec.optimizer} · ZeRO-{spec.zero_stage} offload={spec.offload} · "
+            f"{spec.optimizer} · {'FSDP2' if spec.sharding == 'fsdp2' else f'ZeRO-{spec.zero_stage}'} offload={spec.offload} · "
             f"grad ckpt {'on' if spec.grad_ckpt else 'off'} · attention {spec.attention}",
         )
     )

@@ -16,6 +16,7 @@ Precision = Literal["bf16-mixed", "amp-bf16", "bf16", "fp16-mixed", "fp32"]
 Optimizer = Literal["adamw", "adamw8bit", "sgd"]
 Attention = Literal["eager", "sdpa", "flash"]
 Offload = Literal["none", "optimizer", "all"]
+Sharding = Literal["deepspeed", "fsdp2"]
 AdapterDtype = Literal["auto", "fp32", "bf16", "fp16"]
 EmbeddingSave = Literal["auto", "targets", "full", "rows", "none"]
 
@@ -58,6 +59,9 @@ class TrainingSpec(BaseModel):
     #: (packed or equal-length batches) SDPA runs causal with grouped k/v and no mask tensor.
     padding_mask: bool = True
     zero_stage: int = Field(default=3, ge=0, le=3)
+    #: What shards with ``zero_stage`` 3: DeepSpeed ZeRO-3 or PyTorch FSDP2 (``fully_shard``
+    #: per decoder layer and the root, reshard after forward).
+    sharding: Sharding = "deepspeed"
     offload: Offload = "optimizer"
     gpus_per_node: int = Field(default=1, ge=1, le=64)
     nodes: int = Field(default=1, ge=1, le=100_000)
@@ -74,6 +78,13 @@ class TrainingSpec(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingSpec:
+        if self.sharding == "fsdp2":
+            if self.zero_stage != 3 or self.offload != "none":
+                raise ValueError("--sharding fsdp2 plans full sharding (--zero 3) without offload (--offload none)")
+            if self.precision not in ("bf16", "bf16-mixed"):
+                raise ValueError("--sharding fsdp2 is modelled for --precision bf16 and bf16-mixed")
+            if self.optimizer != "adamw":
+                raise ValueError("--sharding fsdp2 is modelled with --optimizer adamw")
         if self.offload == "all" and self.zero_stage != 3:
             raise ValueError("--offload all (parameters to CPU) needs --zero 3")
         if self.offload == "optimizer" and self.zero_stage == 0:

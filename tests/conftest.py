@@ -31,3 +31,24 @@ def arch(name: str) -> Architecture:
 
 def spec(**kw) -> TrainingSpec:
     return TrainingSpec(**kw)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print the planner-vs-trace table (data/measurements/trace) at the end of every run."""
+    import io
+
+    from rich.console import Console
+
+    from planner.agreement import compare, label
+    from planner.catalog import data_dir
+    from planner.measurement import read_measurements
+    from planner.render import render_agreement
+
+    folder = data_dir() / "measurements" / "trace"
+    if not folder.is_dir():
+        return
+    records = [m for m in read_measurements(folder) if m.result is not None]
+    buf = io.StringIO()
+    render_agreement([(label(m), compare(m)) for m in records], Console(file=buf, width=130, color_system=None))
+    terminalreporter.write_sep("=", f"planner vs trace: {len(records)} committed records")
+    terminalreporter.write(buf.getvalue())

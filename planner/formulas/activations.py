@@ -232,6 +232,7 @@ class BackwardMoment:
     name: str
     freed_from: int
     temporaries: int
+    also_freed: tuple[str, ...] = ()  # saved tensors of earlier stages already released
 
 
 def layer_backward_moments(arch: Architecture, spec: TrainingSpec, dt: Dtypes) -> list[BackwardMoment]:
@@ -251,12 +252,68 @@ def layer_backward_moments(arch: Architecture, spec: TrainingSpec, dt: Dtypes) -
     mlp = BackwardMoment("mlp", LAYER_STAGES.index("down"), resid_grad + 3 * dt.act * tokens * arch.intermediate_size)
     kv_heads = a if (spec.attention == "eager" or (spec.attention == "sdpa" and spec.padding_mask)) else arch.kv_heads
     if spec.attention == "eager":
+        # In the softmax's backward: matmul(p, v) is done (p released), the fp32 softmax output
+        # is still saved; the score gradient exists in bf16 (from matmul), fp32 (after the cast
+        # back) and bf16 again (softmax_backward_data returns the input dtype).
         scores = b * a * s * s
-        attn_temp = dt.act * tokens * a * d + (4 + dt.act) * scores
+        attn_temp = dt.act * tokens * a * d + (4 + 2 * dt.act) * scores
+        attn = BackwardMoment("attention", LAYER_STAGES.index("o"), resid_grad + attn_temp, ("attn.probs",))
     else:
         attn_temp = dt.act * tokens * (2 * a + 2 * kv_heads) * d
-    attn = BackwardMoment("attention", LAYER_STAGES.index("o"), resid_grad + attn_temp)
+        attn = BackwardMoment("attention", LAYER_STAGES.index("o"), resid_grad + attn_temp)
     return [mlp, attn]
+
+
+def layer_forward_moments(arch: Architecture, spec: TrainingSpec, dt: Dtypes) -> list[BackwardMoment]:
+    """Candidate peaks inside one layer's forward: ``freed_from`` is the first stage not yet
+    saved (-1: all saved), ``temporaries`` the bytes alive beyond what the layer saves.
+
+    * MLP: with checkpointing nothing is saved, so the residual ``h1`` and its norm (2 x T x h)
+      live next to three T x i tensors (SiLU output, up's output and their product; with LoRA
+      on gate/up, inside up's adapter: SiLU output, frozen output, adapter output and its
+      scaled copy, four). Without checkpointing the product (unless full fine-tuning saves it
+      for down_proj) and down_proj's output are the only extras;
+    * eager attention at the softmax: the masked bf16 scores and their fp32 copy (b x a x s x s
+      each; the probabilities it will save are not made yet); with checkpointing also the fp32
+      softmax output (not saved) and q, k, v and the repeated k/v as locals.
+    """
+    b, s = spec.micro_batch_size, spec.seq_len
+    tokens = b * s
+    th, ti = tokens * arch.hidden_size, tokens * arch.intermediate_size
+    targets = _lora_targets(spec)
+    if spec.grad_ckpt:
+        wide = 4 if {"gate_proj", "up_proj"} & targets else 3
+        out = [BackwardMoment("mlp", -1, 2 * dt.resid * th + wide * dt.act * ti)]
+    else:
+        out = [BackwardMoment("mlp", -1, (0 if spec.method == "full" else dt.act * ti) + dt.act * th)]
+    if spec.attention == "eager":
+        scores = b * arch.num_attention_heads * s * s
+        if spec.grad_ckpt:
+            q = dt.act * tokens * arch.num_attention_heads * arch.head_size
+            kv = dt.act * tokens * arch.kv_heads * arch.head_size
+            repeated = 2 * q if arch.kv_heads != arch.num_attention_heads else 0
+            out.append(BackwardMoment("attention", -1, (dt.act + 8) * scores + dt.resid * th + q + 2 * kv + repeated))
+        else:
+            out.append(BackwardMoment("attention", LAYER_STAGES.index("o"), 4 * scores))
+    return out
+
+
+def recompute_end_bytes(arch: Architecture, spec: TrainingSpec, dt: Dtypes) -> tuple[int, int]:
+    """(activations, temporaries) beyond the saved tensors at the end of a layer's re-run.
+
+    Non-reentrant checkpointing re-runs a layer when its backward first needs a saved tensor
+    and stops after the last one it needs (early stop), inside the forward: the MLP's locals are
+    still alive then (the residual ``h1``; with LoRA on ``down_proj`` also ``act(gate) * up``
+    and the frozen projection's output, since the re-run is triggered from inside the adapter's
+    backward, where the output gradient and its scaled copy are held as well).
+    """
+    if not spec.grad_ckpt:
+        return 0, 0
+    tokens = spec.tokens_per_micro_batch
+    th = tokens * arch.hidden_size
+    if "down_proj" in _lora_targets(spec):
+        return dt.resid * th + dt.act * (th + tokens * arch.intermediate_size), dt.resid * th + 2 * dt.act * th
+    return dt.resid * th, dt.resid * th
 
 
 def total(items: list[Saved]) -> int:

@@ -32,6 +32,11 @@ PRECISIONS: dict[str, Dtypes] = {
     "fp32": Dtypes(weight=4, grad=4, master=0, state=4, act=4, resid=4),
 }
 
+#: FSDP2 mixed precision (``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)``): the
+#: sharded trainable parameters are fp32 and are the optimizer's parameters (no separate
+#: master), so their gradients and AdamW states are fp32; gathered weights and compute are bf16.
+FSDP2_MIXED = Dtypes(weight=4, grad=4, master=0, state=4, act=2, resid=2)
+
 #: bitsandbytes 8-bit blockwise optimizers: uint8 states with one fp32 absmax per block of 256
 #: (bitsandbytes/optim/optimizer.py Optimizer8bit, ``block_wise=True``; functional.py
 #: ``optimizer_update_8bit_blockwise``; Dettmers et al. 2022, "8-bit Optimizers via Block-wise

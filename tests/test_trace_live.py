@@ -1,0 +1,49 @@
+"""Run the trace tool itself (fake tensors, no GPU): full-size Llama 2 7B LoRA steps (the second is the steady state the planner predicts).
+
+Needs the harness extra (torch, transformers, peft); skipped with a reason otherwise. About
+15-30 s on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("torch", reason="harness extra (torch) not installed")
+pytest.importorskip("transformers", reason="harness extra (transformers) not installed")
+pytest.importorskip("peft", reason="harness extra (peft) not installed")
+
+from harness.cli import main  # noqa: E402
+from planner import agreement  # noqa: E402
+from planner.measurement import read_measurements  # noqa: E402
+
+pytestmark = pytest.mark.harness
+
+
+def test_live_trace_of_7b_lora_agrees_with_the_planner(tmp_path, capsys):
+    out = tmp_path / "trace.jsonl"
+    rc = main(["trace", "--model", "7b", "--method", "lora", "--steps", "2", "--out", str(out), "--json"])
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out)
+    (record,) = read_measurements(out)
+    assert record.result is not None and printed["peak_bytes"] == record.result.peak_bytes
+    assert record.result.parameters.trainable == 19_988_480  # r=8 on all seven projections, peft's count
+    assert record.result.max_rss_bytes < 2 * 2**30
+    rows = agreement.compare(record)
+    assert all(r.ok for r in rows), [r for r in rows if not r.ok]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["trace", "--model", "7b", "--method", "qlora"], "qlora"),
+        (["trace", "--model", "nope"], "unknown model"),
+        (["trace", "--model", "7b", "--lora-targets", "q_proj,foo"], "foo"),
+        (["trace", "--model", "7b", "--batch-size", "0"], "batch-size"),
+    ],
+)
+def test_bad_trace_input_is_one_line_and_exit_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("harness: error:") and message in err.lower() and "Traceback" not in err
