@@ -6,6 +6,7 @@ Errors in the input print one line on stderr and exit 2, like ``plan``.
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import json
 import platform
 import shlex
@@ -123,6 +124,9 @@ def run_trace(model: str, spec: TrainingSpec, steps: int = 2, flops: bool = True
     from planner.measurement import Measurement, TraceResult
 
     arch = catalog.find_model(model)
+    missing = [m for m in ("torch", "transformers", "peft") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise PlannerError(f"harness trace needs {', '.join(missing)}: pip install torch==2.13.0 && pip install -e '.[harness]'")
     if spec.world_size > 1:
         from harness.fsdp_trace import trace_fsdp as run
     else:

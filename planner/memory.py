@@ -252,6 +252,13 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
     # -- activations.
     layer = act.layer_inventory(arch, spec, dt)
     layer_bytes = act.total(layer)
+    staged = [(x, act.stage_of(x)) for x in layer]
+
+    def saved_before(freed_from: int, also_freed: tuple[str, ...] = ()) -> int:
+        """This layer's saved bytes while stages from ``freed_from`` on are not (yet / any more) held."""
+        return sum(x.bytes for x, st in staged if not 0 <= freed_from <= st and x.name not in also_freed)
+
+    stage_grads = {st: _layer_grad_bytes(arch, spec, (st,)) for st in act.LAYER_STAGES}
     model_items = act.model_level_saved(arch, spec, dt)
     model_bytes = act.total(model_items)
     ckpt_in = act.layer_checkpoint_input(arch, spec, dt).bytes
@@ -279,7 +286,7 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         if spec.grad_ckpt:  # nothing of this layer is saved but its input
             current = ckpt_in
         else:  # this layer's saved tensors up to the moment (the probabilities not yet made)
-            current = act.total([x for x in layer if not 0 <= m.freed_from <= act.stage_of(x) and x.name != "attn.probs"])
+            current = saved_before(m.freed_from, ("attn.probs",))
         acts = (L - 1) * per_layer_saved + current + below_fwd + m.temporaries + autocast_cache
         if fsdp is not None:  # root and this layer gathered, its all-gather output alive
             return Split(resident + fsdp.root + fsdp.layer, 0, opt, acts, fsdp.layer + dequant)
@@ -304,12 +311,12 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
 
     def layer_moment(k: int, m: act.BackwardMoment, grads_before: int) -> Split:
         """The k-th layer from the bottom (k layers still to do) at moment m of its backward."""
-        kept = act.total([x for x in layer if not 0 <= m.freed_from <= act.stage_of(x) and x.name not in m.also_freed])
+        kept = saved_before(m.freed_from, m.also_freed)
         # Checkpointing re-runs the layer and keeps its input until the layer's backward ends.
         # With an fp32 residual stream (amp-bf16, fp32) the norm's ``.to(float32)`` is a no-op,
         # so the tensor it keeps is that input itself.
         current = (ckpt_in + kept - (ckpt_in if dt.resid == 4 else 0)) if spec.grad_ckpt else kept
-        done = _layer_grad_bytes(arch, spec, act.LAYER_STAGES[m.freed_from :])
+        done = sum(stage_grads[st] for st in act.LAYER_STAGES[m.freed_from :])
         grads = grads_before + done
         if zero >= 2:
             grads = 0 if offload_opt else ceil_div(grads, n)

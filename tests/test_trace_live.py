@@ -28,6 +28,14 @@ def test_live_trace_of_7b_lora_agrees_with_the_planner(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     (record,) = read_measurements(out)
     assert record.result is not None and printed["peak_bytes"] == record.result.peak_bytes
+    # the --json contract (issue 3)
+    assert set(printed["at_peak_bytes"]) == {"parameters", "gradients", "optimizer_states", "activations", "temporaries"}
+    assert sum(printed["at_peak_bytes"].values()) == printed["peak_bytes"]
+    assert set(printed["phase_peaks_bytes"]) == {"forward", "backward", "optimizer_step"}
+    assert max(printed["phase_peaks_bytes"].values()) == printed["peak_bytes"]
+    assert printed["flops"]["forward"] > 0 and printed["flops"]["backward"] > printed["flops"]["forward"]
+    assert printed["parameters"]["total"] == 6_738_415_616 + 19_988_480 and printed["wall_s"] > 0
+    assert len(printed["steps"]) == 2  # the first step (no optimizer states yet) is reported too
     assert record.result.parameters.trainable == 19_988_480  # r=8 on all seven projections, peft's count
     assert record.result.max_rss_bytes < 2 * 2**30
     rows = agreement.compare(record)

@@ -10,6 +10,7 @@ transformers and peft build (``harness/golden.py``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from planner.schemas import Architecture
 from planner.spec import LAYER_LINEARS
@@ -31,18 +32,30 @@ class LinearShape:
 
 
 def layer_linears(arch: Architecture) -> dict[str, LinearShape]:
-    """The seven projections of one decoder layer: name -> (in, out, bias)."""
-    h, i = arch.hidden_size, arch.intermediate_size
-    q_out = arch.num_attention_heads * arch.head_size  # (b, s, a*d)
-    kv_out = arch.kv_heads * arch.head_size  # (b, s, kv*d): fewer with grouped-query attention
+    """The seven projections of one decoder layer: name -> (in, out, bias). Shared: do not mutate."""
+    return _layer_linears(
+        arch.hidden_size,
+        arch.intermediate_size,
+        arch.num_attention_heads,
+        arch.kv_heads,
+        arch.head_size,
+        (arch.qkv_bias, arch.o_bias, arch.mlp_bias),
+    )
+
+
+@lru_cache(maxsize=256)
+def _layer_linears(h: int, i: int, heads: int, kv_heads: int, head_size: int, bias: tuple[bool, bool, bool]) -> dict[str, LinearShape]:
+    qkv_bias, o_bias, mlp_bias = bias
+    q_out = heads * head_size  # (b, s, a*d)
+    kv_out = kv_heads * head_size  # (b, s, kv*d): fewer with grouped-query attention
     return {
-        "q_proj": LinearShape(h, q_out, arch.qkv_bias),
-        "k_proj": LinearShape(h, kv_out, arch.qkv_bias),
-        "v_proj": LinearShape(h, kv_out, arch.qkv_bias),
-        "o_proj": LinearShape(q_out, h, arch.o_bias),
-        "gate_proj": LinearShape(h, i, arch.mlp_bias),
-        "up_proj": LinearShape(h, i, arch.mlp_bias),
-        "down_proj": LinearShape(i, h, arch.mlp_bias),
+        "q_proj": LinearShape(h, q_out, qkv_bias),
+        "k_proj": LinearShape(h, kv_out, qkv_bias),
+        "v_proj": LinearShape(h, kv_out, qkv_bias),
+        "o_proj": LinearShape(q_out, h, o_bias),
+        "gate_proj": LinearShape(h, i, mlp_bias),
+        "up_proj": LinearShape(h, i, mlp_bias),
+        "down_proj": LinearShape(i, h, mlp_bias),
     }
 
 
