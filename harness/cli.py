@@ -18,6 +18,7 @@ import typer
 from pydantic import ValidationError
 
 from planner import catalog
+from planner.cli import option_error, run_cli
 from planner.errors import PlannerError
 from planner.spec import TrainingSpec, parse_targets
 
@@ -45,10 +46,7 @@ def trace_spec(**kw: Any) -> TrainingSpec:
             kw.setdefault("sharding", "fsdp2")
         return TrainingSpec(zero_stage=3 if world > 1 else 0, offload="none", gpus_per_node=world, **kw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        msg = err["msg"].removeprefix("Value error, ")
-        where = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else ""
-        raise PlannerError(f"{where}: {msg}" if where else msg) from None
+        raise option_error(exc) from None
 
 
 @app.command("trace")
@@ -150,22 +148,8 @@ def run_trace(model: str, spec: TrainingSpec, steps: int = 2, flops: bool = True
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        rv = app(args=argv, prog_name="harness", standalone_mode=False)
-    except PlannerError as exc:
-        print(f"harness: error: {exc}", file=sys.stderr)
-        return 2
-    except (typer.Abort, KeyboardInterrupt):
-        print("harness: aborted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return 0
-    except Exception as exc:
-        if hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int):
-            print(f"harness: error: {' '.join(exc.format_message().split())}", file=sys.stderr)
-            return 2
-        raise
-    return rv if isinstance(rv, int) else 0
+    """Console entry point: every input error is one line on stderr and exit code 2."""
+    return run_cli(app, "harness", argv)
 
 
 if __name__ == "__main__":

@@ -99,7 +99,7 @@ _LAYER_INDEX = re.compile(r"\.layers\.\d+\.")
 
 
 @contextmanager
-def _quiet() -> Iterator[None]:
+def quiet() -> Iterator[None]:
     """Silence the library warnings (deprecations, peft's save notices) while counting."""
     previous = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
@@ -109,6 +109,9 @@ def _quiet() -> Iterator[None]:
             yield
     finally:
         transformers.logging.set_verbosity(previous)
+
+
+_quiet = quiet  # the name the tests use
 
 
 def load_architecture(path: Path) -> tuple[str, PretrainedConfig]:
@@ -355,7 +358,7 @@ def save_pretrained_crosscheck() -> JSON:
 
 def compute() -> JSON:
     """All golden values as one JSON-ready dict."""
-    with _quiet():
+    with quiet():
         configs = architecture_configs()
         parameter_counts: dict[str, int] = {}
         for name, config in configs.items():

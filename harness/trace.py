@@ -49,7 +49,6 @@ import gc
 import platform
 import resource
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -64,6 +63,7 @@ from torch.distributed.tensor import DTensor
 from torch.utils._pytree import tree_map_only
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_backward_flop_count, sdpa_flop_count
 
+from harness.golden import quiet as _quiet
 from planner.errors import PlannerError
 from planner.formulas.dtypes import adapter_dtype
 from planner.schemas import Architecture
@@ -387,20 +387,6 @@ def _cuda_dropout() -> Iterator[None]:
         yield
     finally:
         F.dropout = original
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    import transformers
-
-    previous = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        transformers.logging.set_verbosity(previous)
 
 
 def _autocast(spec: TrainingSpec) -> contextlib.AbstractContextManager[Any]:

@@ -133,10 +133,7 @@ def plan(
             deepspeed=DeepSpeedConfig(),
         )
     except ValidationError as exc:
-        err = exc.errors()[0]
-        msg = err["msg"].removeprefix("Value error, ")
-        where = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else ""
-        raise PlannerError(f"{where}: {msg}" if where else msg) from None
+        raise option_error(exc) from None
     if spec.method != "full":
         limit = max_lora_rank(arch, spec.lora_targets)
         if spec.lora_rank > limit:
@@ -169,15 +166,23 @@ def list_catalog(what: Literal["models", "gpus", "instances"] = typer.Argument(.
         render.render_instances(catalog.instances(), console)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Console entry point: maps every input error to one line on stderr and exit code 2."""
+def option_error(exc: ValidationError) -> PlannerError:
+    """A spec validation error as the one-line message naming the option (``--lora-rank: ...``)."""
+    err = exc.errors()[0]
+    msg = err["msg"].removeprefix("Value error, ")
+    where = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else ""
+    return PlannerError(f"{where}: {msg}" if where else msg)
+
+
+def run_cli(typer_app: typer.Typer, prog: str, argv: list[str] | None) -> int:
+    """Run a typer app: every input error becomes one line on stderr and exit code 2."""
     try:
-        rv = app(args=argv, prog_name="plan", standalone_mode=False)
+        rv = typer_app(args=argv, prog_name=prog, standalone_mode=False)
     except PlannerError as exc:
-        print(f"plan: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    except typer.Abort:
-        print("plan: aborted", file=sys.stderr)
+    except (typer.Abort, KeyboardInterrupt):
+        print(f"{prog}: aborted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
@@ -185,10 +190,15 @@ def main(argv: list[str] | None = None) -> int:
         # typer's (vendored click's) usage errors: unknown option, bad choice, out of range.
         if hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int):
             msg = " ".join(exc.format_message().split())
-            print(f"plan: error: {msg}", file=sys.stderr)
+            print(f"{prog}: error: {msg}", file=sys.stderr)
             return 2
         raise
     return rv if isinstance(rv, int) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: maps every input error to one line on stderr and exit code 2."""
+    return run_cli(app, "plan", argv)
 
 
 if __name__ == "__main__":

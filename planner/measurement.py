@@ -59,14 +59,10 @@ class ParameterCount(_Strict):
     trainable: int = Field(ge=0)
 
 
-class TraceResult(_Strict):
-    """What ``harness trace`` measured. The top-level peak fields are the steady-state (last) step."""
+class TraceResult(StepTrace):
+    """What ``harness trace`` measured. The peak fields (from ``StepTrace``) are the steady-state
+    (last) step's; ``steps`` holds every step."""
 
-    peak_bytes: int = Field(ge=0)
-    peak_phase: Literal["forward", "backward", "optimizer_step"]
-    at_peak_bytes: CategoryBytes
-    phase_peaks_bytes: dict[Literal["forward", "backward", "optimizer_step"], int]
-    phase_split_bytes: dict[Literal["forward", "backward", "optimizer_step"], CategoryBytes]
     steps: list[StepTrace]
     flops: Flops | None = None
     parameters: ParameterCount
