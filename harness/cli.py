@@ -20,6 +20,8 @@ from pydantic import ValidationError
 from planner import catalog
 from planner.cli import option_error, run_cli
 from planner.errors import PlannerError
+from planner.formulas.params import max_lora_rank
+from planner.schemas import Architecture
 from planner.spec import TrainingSpec, parse_targets
 
 app = typer.Typer(
@@ -91,22 +93,56 @@ def trace_cmd(
         adapter_dtype=adapter_dtype,
         world_size=world_size,
     )
+    check_trace_input(arch, spec)
+    if out is not None:
+        _check_writable(out)
     from harness.trace import untested_versions
 
     for v in untested_versions():
         print(f"harness: warning: {v}; the trace relies on private torch API and transformers internals", file=sys.stderr)
-    record = run_trace(arch.name, spec, steps=steps, flops=flops, command=_command(), progress=_progress)
+    record = run_trace(arch, spec, steps=steps, flops=flops, command=_command(), progress=_progress)
     if out is not None:
         from planner.measurement import append_measurement
 
-        append_measurement(out, record)
+        try:
+            append_measurement(out, record)
+        except OSError as exc:
+            raise PlannerError(f"--out {out}: {exc.strerror or exc}") from None
+    if record.result is None:
+        print(f"harness: error: the trace failed (recorded{' in ' + str(out) if out else ''}): {record.error}", file=sys.stderr)
+        raise typer.Exit(1)
     if as_json:
-        assert record.result is not None
         sys.stdout.write(json.dumps(record.result.model_dump(), indent=2) + "\n")
     else:
         from harness.report import render_trace
 
         render_trace(record)
+
+
+def check_trace_input(arch: Architecture, spec: TrainingSpec) -> None:
+    """What the trace cannot do, as one clear error before any work starts."""
+    if spec.method == "full" and spec.modules_to_save:
+        raise PlannerError("--modules-to-save goes with --method lora (full fine-tuning trains every module)")
+    if spec.method != "full":
+        limit = max_lora_rank(arch, spec.lora_targets)
+        if spec.lora_rank > limit:
+            raise PlannerError(
+                f"--lora-rank {spec.lora_rank} is larger than the smallest targeted layer dimension ({limit}) of {arch.name}"
+            )
+        if arch.tie_word_embeddings and "lm_head" in (*spec.lora_targets, *spec.modules_to_save):
+            raise PlannerError(f"{arch.name} ties lm_head to embed_tokens; the trace cannot adapt or save lm_head separately")
+
+
+def _check_writable(path: Path) -> None:
+    if path.is_dir():
+        raise PlannerError(f"--out {path}: is a folder; give a file (records are appended as JSON lines)")
+    if not path.parent.is_dir():
+        raise PlannerError(f"--out {path}: folder {path.parent} does not exist")
+    try:
+        with path.open("a"):
+            pass
+    except OSError as exc:
+        raise PlannerError(f"--out {path}: {exc.strerror or exc}") from None
 
 
 def _command() -> str:
@@ -117,11 +153,11 @@ def _progress(msg: str) -> None:
     print(f"harness: {msg}", file=sys.stderr, flush=True)
 
 
-def run_trace(model: str, spec: TrainingSpec, steps: int = 2, flops: bool = True, command: str = "", progress: Any = None) -> Any:
-    """Trace ``spec`` and wrap the result as a ``Measurement`` (a failure is recorded as its error)."""
+def run_trace(arch: Architecture, spec: TrainingSpec, steps: int = 2, flops: bool = True, command: str = "", progress: Any = None) -> Any:
+    """Trace ``spec`` and wrap the result as a ``Measurement``. Bad input raises ``PlannerError``;
+    a trace that fails is returned as a record holding its error (so a grid never loses it)."""
     from planner.measurement import Measurement, TraceResult
 
-    arch = catalog.find_model(model)
     missing = [m for m in ("torch", "transformers", "peft") if importlib.util.find_spec(m) is None]
     if missing:
         raise PlannerError(f"harness trace needs {', '.join(missing)}: pip install torch==2.13.0 && pip install -e '.[harness]'")
@@ -143,7 +179,12 @@ def run_trace(model: str, spec: TrainingSpec, steps: int = 2, flops: bool = True
         "host": f"{platform.machine()} {platform.system()}",
     }
     kwargs = {"progress": progress} if progress is not None and spec.world_size == 1 else {}
-    result = run(arch, spec, steps=steps, flops=flops, **kwargs)
+    try:
+        result = run(arch, spec, steps=steps, flops=flops, **kwargs)
+    except PlannerError:
+        raise
+    except Exception as exc:  # a failed measurement is a result, not a traceback
+        return Measurement(**base, error=f"{type(exc).__name__}: {exc}")
     return Measurement(**base, result=TraceResult.model_validate(result))
 
 

@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from harness.cli import run_trace, trace_spec
-from planner.catalog import data_dir, find_model
+from harness.cli import check_trace_input, run_trace, trace_spec
+from planner.catalog import find_model
 from planner.measurement import Measurement, append_measurement, read_measurements
 
 OUT_DIR = Path(__file__).resolve().parent.parent / "data" / "measurements" / "trace"
@@ -40,12 +40,17 @@ def extra_grid() -> list[tuple[str, dict]]:
         ("llama-2-7b", {"method": "lora", "precision": "bf16", "grad_ckpt": True}),
         ("llama-3.2-1b", {"method": "lora", "grad_ckpt": True}),
         ("llama-3.2-1b", {"method": "full", "grad_ckpt": False}),
+        ("llama-3.2-1b", {"method": "full", "precision": "fp32", "grad_ckpt": False, "micro_batch_size": 2}),
     ]
 
 
 def fsdp_grid(models: list[str]) -> list[tuple[str, dict]]:
     base = {"precision": "bf16", "grad_ckpt": True, "attention": "sdpa", "micro_batch_size": 1, "seq_len": 512, "world_size": 8}
-    return [(model, {"method": method, **base}) for model, method in itertools.product(models, ("full", "lora"))]
+    out = [(model, {"method": method, **base}) for model, method in itertools.product(models, ("full", "lora"))]
+    # FSDP2's own mixed precision, and a tied embedding (its gradient summed in autograd's buffer)
+    out += [("llama-2-7b", {"method": "full", **base, "precision": "bf16-mixed"})]
+    out += [("llama-3.2-1b", {"method": "full", **base, "precision": p}) for p in ("bf16", "bf16-mixed")]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = single_gpu_grid(models) + (extra_grid() if args.extra else []) + fsdp_grid(fsdp_models)
     for n, (model, kw) in enumerate(jobs, start=1):
         spec = trace_spec(**kw)
+        check_trace_input(find_model(model), spec)
         path = args.out_dir / f"{model}.jsonl"
         done: list[Measurement] = read_measurements(path) if path.exists() else []
         if any(m.spec == spec and m.model == model for m in done):
@@ -67,13 +73,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         t0 = time.perf_counter()
         cmd = f"python -m harness.trace_grid  # {model} {kw}"
-        record = run_trace(model, spec, command=cmd)
+        record = run_trace(find_model(model), spec, command=cmd)
         append_measurement(path, record)
-        print(
-            f"[{n}/{len(jobs)}] {model} {kw}: peak {record.result.peak_bytes / 2**30:.2f} GiB in {time.perf_counter() - t0:.0f} s",
-            flush=True,
-        )
-    _ = data_dir
+        what = f"peak {record.result.peak_bytes / 2**30:.2f} GiB" if record.result else f"FAILED ({record.error})"
+        print(f"[{n}/{len(jobs)}] {model} {kw}: {what} in {time.perf_counter() - t0:.0f} s", flush=True)
     return 0
 
 

@@ -117,7 +117,9 @@ def append_measurement(path: Path, record: Measurement) -> None:
     line = (record.model_dump_json() + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
-        os.write(fd, line)
+        view = memoryview(line)
+        while view:  # O_APPEND: each write lands at the end; loop on short writes
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -286,20 +286,20 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         if spec.grad_ckpt:  # nothing of this layer is saved but its input
             current = ckpt_in
         else:  # this layer's saved tensors up to the moment (the probabilities not yet made)
-            current = saved_before(m.freed_from, ("attn.probs",))
+            current = saved_before(m.freed_from, ("attn.probs",) if m.name == "attention" else ())
         acts = (L - 1) * per_layer_saved + current + below_fwd + m.temporaries + autocast_cache
         if fsdp is not None:  # root and this layer gathered, its all-gather output alive
-            return Split(resident + fsdp.root + fsdp.layer, 0, opt, acts, fsdp.layer + dequant)
+            return Split(resident + fsdp.root + fsdp.layer, standing, opt, acts, fsdp.layer + dequant)
         return Split(resident, standing, opt, acts, live + dequant + standing_buckets)
 
     if fsdp is not None:  # the root stays gathered; the last layer's all-gather output is kept
-        fwd_loss = Split(resident + fsdp.root, 0, opt, fwd_loss.activations, fsdp.layer + dequant)
+        fwd_loss = Split(resident + fsdp.root, standing, opt, fwd_loss.activations, fsdp.layer + dequant)
     fwd_moments = [fwd_loss, *(fwd_layer(m) for m in act.layer_forward_moments(arch, spec, dt))]
     if fsdp is not None:
         # gathering the top layer: the previous layer's all-gather output is still referenced
         # until this one's has been waited on (two buffers), the layers below saved
         acts = L * per_layer_saved + below_fwd + autocast_cache
-        fwd_moments.append(Split(resident + fsdp.root + fsdp.layer, 0, opt, acts, 2 * fsdp.layer + dequant))
+        fwd_moments.append(Split(resident + fsdp.root + fsdp.layer, standing, opt, acts, 2 * fsdp.layer + dequant))
     fwd = max(fwd_moments, key=lambda x: x.total)
     # The training loop keeps only the loss (HF Trainer's ``compute_loss`` drops ``outputs``):
     # the 16-bit logits die with the forward; log_softmax keeps its fp32 output for backward.
@@ -308,6 +308,13 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
     # log-probabilities) are gone; what the embedding end keeps stays.
     head_items = ("final_norm", "lm_head", "logits", "log_softmax_fp32")
     below = act.total([x for x in model_items if not x.name.startswith(head_items)])
+    # A tied, trainable embedding gets two gradient contributions; autograd sums them in its
+    # input buffer before the weight's AccumulateGrad, so lm_head's (V x h) waits there as a
+    # temporary through the layers' backward, and at the end it, the embedding's and their sum
+    # coexist (three V x h) before the sum becomes the gradient.
+    tied = 0
+    if arch.tie_word_embeddings and spec.method == "full":
+        tied = prm.embedding_params(arch, spec.added_tokens) * (dt.act if fsdp is not None else dt.grad)
 
     def layer_moment(k: int, m: act.BackwardMoment, grads_before: int) -> Split:
         """The k-th layer from the bottom (k layers still to do) at moment m of its backward."""
@@ -322,8 +329,8 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
             grads = 0 if offload_opt else ceil_div(grads, n)
         acts = (k - 1) * per_layer_saved + current + below
         if fsdp is not None:
-            return fsdp_backward(k, acts, m.temporaries, done)
-        return Split(resident, max(grads, standing), opt, acts, live + dequant + m.temporaries + buckets)
+            return fsdp_backward(k, acts, m.temporaries + tied, done)
+        return Split(resident, max(grads, standing), opt, acts, live + dequant + m.temporaries + tied + buckets)
 
     def fsdp_backward(k: int, acts: int, temps: int, layer_grads: int) -> Split:
         """FSDP2 in the k-th layer's backward: root and this layer gathered, one all-gather and
@@ -334,7 +341,8 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         assert fsdp is not None
         grad_elem = dt.grad if spec.method == "full" else adapter_bytes_per_elem(spec)
         reduced = ceil_div(pc.grad_bytes_per_layer, n) if k < L else 0
-        grads = ceil_div((L - k) * pc.grad_bytes_per_layer, n) - reduced + fsdp.root_grad + layer_grads * dt.act // grad_elem
+        sharded = max(ceil_div((L - k) * pc.grad_bytes_per_layer, n) - reduced, standing)
+        grads = sharded + fsdp.root_grad + layer_grads * dt.act // grad_elem
         return Split(resident + fsdp.root + fsdp.layer, grads, opt, acts, fsdp.layer + fsdp.reduce_scatter + reduced + dequant + temps)
 
     def recompute_end(k: int) -> Split:
@@ -343,9 +351,9 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         current = ckpt_in + layer_bytes - (ckpt_in if dt.resid == 4 else 0)
         acts = (k - 1) * per_layer_saved + current + below + extra_acts
         if fsdp is not None:
-            return fsdp_backward(k, acts, temps, 0)
+            return fsdp_backward(k, acts, temps + tied, 0)
         grads = grads_before_layer(k)
-        return Split(resident, max(grads, standing), opt, acts, live + dequant + temps + buckets)
+        return Split(resident, max(grads, standing), opt, acts, live + dequant + temps + tied + buckets)
 
     def grads_before_layer(k: int) -> int:
         grads = head + (L - k) * pc.grad_bytes_per_layer
@@ -361,12 +369,16 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         *(layer_moment(1, m, head + (L - 1) * pc.grad_bytes_per_layer) for m in layer_moments),
         *([recompute_end(L), recompute_end(1)] if spec.grad_ckpt else []),
         # the embedding gradient closes backward
-        Split(resident, grad_at["all"], opt, 0, live + buckets),
+        Split(resident, max(standing, grad_at["all"] - (ceil_div(tied, n) if zero >= 2 else tied)), opt, 0, live + buckets + 3 * tied),
     ]
     if fsdp is not None:
-        loss, emb = moments[0], moments[-1]
-        moments[0] = Split(resident + fsdp.root, 0, opt, loss.activations, fsdp.layer + loss.temporaries - live - standing_buckets)
-        moments[-1] = Split(resident + fsdp.root, emb.gradients + fsdp.root_grad, opt, 0, 0)
+        loss = moments[0]
+        moments[0] = Split(resident + fsdp.root, standing, opt, loss.activations, fsdp.layer + loss.temporaries - live - standing_buckets)
+        # the root's backward ends: a tied embedding's contributions summed (the bottom layer's
+        # reduce-scatter input still held), then every root gradient unsharded next to its own
+        layers_sharded = max(ceil_div(L * pc.grad_bytes_per_layer, n), standing)
+        moments[-1] = Split(resident + fsdp.root, layers_sharded + fsdp.root_grad, opt, 0, 3 * tied + fsdp.reduce_scatter)
+        moments.append(Split(resident + fsdp.root, layers_sharded + fsdp.root_grad_all, opt, 0, fsdp.root_reduce_scatter))
         # the end of a layer's backward: all its gradients made, its saved tensors freed
         resid_grad = dt.resid * spec.tokens_per_micro_batch * arch.hidden_size
         moments += [
@@ -402,31 +414,39 @@ class Fsdp2Terms:
     root: int
     layer: int
     reduce_scatter: int
-    root_grad: int
+    root_grad: int  # held through the layers' backward (lm_head, final norm; not a tied embedding)
+    root_grad_all: int  # every root gradient at the end of backward (embedding included)
+    root_reduce_scatter: int
 
 
 def _fsdp2_terms(arch: Architecture, spec: TrainingSpec, pc: ParamCounts) -> Fsdp2Terms:
     dt = dtypes(spec)
     h, v = arch.hidden_size, prm.vocab(arch, spec.added_tokens)
-    root_elems = prm.embedding_params(arch, spec.added_tokens) + prm.lm_head_params(arch, spec.added_tokens) + h
+    emb, lm_head = prm.embedding_params(arch, spec.added_tokens), prm.lm_head_params(arch, spec.added_tokens)
+    root_elems = emb + lm_head + h
     layer_elems = prm.layer_params(arch)
     if spec.method == "full":
-        layer_grad_elems, root_grad_elems = layer_elems, prm.lm_head_params(arch, spec.added_tokens) + h
+        layer_grad_elems = layer_elems
+        root_grad_elems = lm_head + h  # a tied lm_head's gradient waits in autograd's buffer (a temporary)
+        root_all = root_elems
     else:
         layer_grad_elems = sum(prm.lora_module_params(arch, t, spec.lora_rank) for t in spec.lora_targets if t in LAYER_LINEARS)
         layer_elems += layer_grad_elems
         head = prm.lora_module_params(arch, "lm_head", spec.lora_rank, spec.added_tokens) if "lm_head" in spec.lora_targets else 0
         head += v * h if "lm_head" in spec.modules_to_save else 0
-        root_elems += head + (
-            prm.lora_module_params(arch, "embed_tokens", spec.lora_rank, spec.added_tokens) if "embed_tokens" in spec.lora_targets else 0
-        )
-        root_grad_elems = head
+        embed = emb if "embed_tokens" in spec.modules_to_save else 0
+        if "embed_tokens" in spec.lora_targets:
+            embed += prm.lora_module_params(arch, "embed_tokens", spec.lora_rank, spec.added_tokens)
+        root_elems += head + embed
+        root_grad_elems, root_all = head, head + embed
     reduce_bytes = 4 if spec.precision == "bf16-mixed" else dt.act
     return Fsdp2Terms(
         root=root_elems * dt.act,
         layer=layer_elems * dt.act,
         reduce_scatter=layer_grad_elems * reduce_bytes,
         root_grad=root_grad_elems * dt.act,
+        root_grad_all=root_all * dt.act,
+        root_reduce_scatter=root_all * reduce_bytes,
     )
 
 

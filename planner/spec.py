@@ -79,12 +79,13 @@ class TrainingSpec(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> TrainingSpec:
         if self.sharding == "fsdp2":
+            fsdp = "FSDP2 (--sharding fsdp2; harness: --world-size above 1)"
             if self.zero_stage != 3 or self.offload != "none":
-                raise ValueError("--sharding fsdp2 plans full sharding (--zero 3) without offload (--offload none)")
+                raise ValueError(f"{fsdp} is planned as full sharding (--zero 3) without offload (--offload none)")
             if self.precision not in ("bf16", "bf16-mixed"):
-                raise ValueError("--sharding fsdp2 is modelled for --precision bf16 and bf16-mixed")
-            if self.optimizer != "adamw":
-                raise ValueError("--sharding fsdp2 is modelled with --optimizer adamw")
+                raise ValueError(f"{fsdp} is modelled for --precision bf16 and bf16-mixed")
+            if self.optimizer != "adamw" or self.method == "qlora":
+                raise ValueError(f"{fsdp} is modelled for --method full or lora with --optimizer adamw")
         if self.offload == "all" and self.zero_stage != 3:
             raise ValueError("--offload all (parameters to CPU) needs --zero 3")
         if self.offload == "optimizer" and self.zero_stage == 0:

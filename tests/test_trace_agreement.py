@@ -2,9 +2,10 @@
 
 Each record is a full-size training step traced by ``harness trace`` (regenerate with
 ``python -m harness.trace_grid``). Tolerances live in planner/agreement.py: each category within
-3 % (or, when it is under 0.5 % of its phase, within that), the peak within 2 % (5 % sharded),
-FLOPs within 1 %. The perturbation tests show the comparison can fail: 10 % on any one of the
-planner's terms breaks agreement with some record.
+3 % (or, when it is under 0.5 % of its phase, within that), the peak within 2 % (sharded
+records: 5 %, categories 5 % of themselves or of their phase), FLOPs within 1 %. The
+perturbation tests show the comparison can fail: 10 % on any one of the main planner terms
+(50 % on three small ones) breaks agreement with some record.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import pytest
 from planner import agreement, memory
 from planner.catalog import data_dir
 from planner.formulas import activations as act
-from planner.formulas import dtypes as dts
 from planner.formulas import flops as fl
 from planner.measurement import read_measurements
 
@@ -46,45 +46,62 @@ def test_planner_agrees_with_the_trace(record):
         assert any(r.what.startswith("flops") for r in rows)
 
 
-def _scale(fn, factor=1.1):
-    def wrapped(*a, **k):
-        out = fn(*a, **k)
-        if isinstance(out, int):
-            return int(out * factor)
-        if isinstance(out, list):
-            return [
-                dataclasses.replace(x, **{f: int(getattr(x, f) * factor) for f in ("bytes", "temporaries") if hasattr(x, f)}) for x in out
-            ]
-        return type(out)(**{k: int(v * factor) for k, v in dataclasses.asdict(out).items()})
+def _scaled(value, factor):
+    """``value`` with every byte count in it scaled (ints, Saved items, moments, tuples)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return int(value * factor)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_scaled(v, factor) for v in value)
+    if dataclasses.is_dataclass(value):
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return dataclasses.replace(value, **{k: _scaled(v, factor) for k, v in fields.items() if k in SCALED_FIELDS})
+    return value
 
-    return wrapped
 
+SCALED_FIELDS = {"bytes", "temporaries", "root", "layer", "reduce_scatter", "root_grad", "root_grad_all", "root_reduce_scatter"}
 
+#: Every term the composition reads, by module and name. Scaling any one of them by +-10 %
+#: must break agreement with at least one committed record.
 PERTURBATIONS = {
     "layer activation inventory": (act, "layer_inventory"),
     "checkpointed layer input": (act, "layer_checkpoint_input"),
     "head and loss saved tensors": (act, "model_level_saved"),
+    "loss forward upcast": (act, "loss_forward_transient"),
     "loss backward gradients": (act, "loss_backward_transient"),
+    "moments inside a layer's forward": (act, "layer_forward_moments"),
+    "moments inside a layer's backward": (act, "layer_backward_moments"),
     "optimizer state bytes": (memory, "optimizer_state_bytes"),
     "optimizer step scratch": (memory, "optimizer_step_temp_bytes"),
     "step FLOPs": (fl, "_layer"),
 }
+#: Terms that are small next to every committed record's phase (a few percent of it): 10 % on
+#: them stays inside the tolerances, so they are only pinned at +-50 %. Records that would pin
+#: them tighter need smaller models or longer sequences than the catalog's. Not pinned at all:
+#: ``memory._layer_grad_bytes`` (the gradients one layer has made so far at a backward moment,
+#: under 1 % of any record's gradients).
+MINOR_TERMS = {
+    "end of a checkpointed re-run": (act, "recompute_end_bytes"),
+    "FSDP2 gathered and buffered bytes": (memory, "_fsdp2_terms"),
+}
 
 
+@pytest.mark.parametrize("factor", [1.1, 0.9], ids=["+10%", "-10%"])
 @pytest.mark.parametrize("name", PERTURBATIONS)
-def test_agreement_fails_when_a_planner_term_is_off_by_10_percent(name, monkeypatch):
+def test_agreement_fails_when_a_planner_term_is_off_by_10_percent(name, factor, monkeypatch):
     module, attr = PERTURBATIONS[name]
     original = getattr(module, attr)
-    if attr == "_layer":
-        monkeypatch.setattr(module, attr, lambda *a, **k: tuple(int(x * 1.1) for x in original(*a, **k)))
-    elif attr == "layer_checkpoint_input":
-        monkeypatch.setattr(module, attr, lambda *a, **k: act.Saved(original(*a, **k).name, int(original(*a, **k).bytes * 1.1)))
-    else:
-        monkeypatch.setattr(module, attr, _scale(original))
-    failing = [agreement.label(m) for m in SINGLE if not all(r.ok for r in agreement.compare(m))]
-    assert failing, f"10% on {name} went unnoticed"
+    monkeypatch.setattr(module, attr, lambda *a, **k: _scaled(original(*a, **k), factor))
+    failing = [agreement.label(m) for m in RECORDS if m.result is not None and not all(r.ok for r in agreement.compare(m))]
+    assert failing, f"{factor - 1:+.0%} on {name} went unnoticed by all {len(RECORDS)} records"
 
 
-def test_state_bytes_are_the_ones_the_trace_saw():
-    """Sanity of the perturbation hook: the composition reads these names at call time."""
-    assert memory.optimizer_state_bytes is dts.optimizer_state_bytes
+@pytest.mark.parametrize("factor", [1.5, 0.5], ids=["+50%", "-50%"])
+@pytest.mark.parametrize("name", MINOR_TERMS)
+def test_agreement_fails_when_a_minor_term_is_off_by_half(name, factor, monkeypatch):
+    module, attr = MINOR_TERMS[name]
+    original = getattr(module, attr)
+    monkeypatch.setattr(module, attr, lambda *a, **k: _scaled(original(*a, **k), factor))
+    failing = [agreement.label(m) for m in RECORDS if m.result is not None and not all(r.ok for r in agreement.compare(m))]
+    assert failing, f"{factor - 1:+.0%} on {name} went unnoticed by all {len(RECORDS)} records"

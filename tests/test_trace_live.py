@@ -49,9 +49,30 @@ def test_live_trace_of_7b_lora_agrees_with_the_planner(tmp_path, capsys):
         (["trace", "--model", "nope"], "unknown model"),
         (["trace", "--model", "7b", "--lora-targets", "q_proj,foo"], "foo"),
         (["trace", "--model", "7b", "--batch-size", "0"], "batch-size"),
+        (["trace", "--model", "7b", "--out", "/"], "is a folder"),
+        (["trace", "--model", "7b", "--out", "/no/such/dir/x.jsonl"], "does not exist"),
+        (["trace", "--model", "llama-3.2-1b", "--modules-to-save", "lm_head"], "ties lm_head"),
+        (["trace", "--model", "7b", "--method", "full", "--modules-to-save", "lm_head"], "method lora"),
+        (["trace", "--model", "7b", "--lora-rank", "100000"], "lora-rank"),
+        (["trace", "--model", "7b", "--world-size", "8", "--precision", "fp32"], "fsdp2"),
     ],
 )
 def test_bad_trace_input_is_one_line_and_exit_2(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("harness: error:") and message in err.lower() and "Traceback" not in err
+
+
+def test_a_failed_trace_is_recorded_with_its_error_not_a_traceback(tmp_path, capsys, monkeypatch):
+    import harness.trace
+
+    def boom(*a, **k):
+        raise RuntimeError("out of fake memory")
+
+    monkeypatch.setattr(harness.trace, "trace", boom)
+    out = tmp_path / "runs.jsonl"
+    assert main(["trace", "--model", "7b", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "RuntimeError: out of fake memory" in err and "Traceback" not in err
+    (record,) = read_measurements(out)
+    assert record.result is None and record.error == "RuntimeError: out of fake memory"
