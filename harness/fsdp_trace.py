@@ -145,6 +145,8 @@ class PhaseFSDPMemTracker(FSDPMemTracker):
         #: phase -> (peak bytes, {FSDP reference type: bytes} at that moment)
         self.peaks: dict[str, tuple[int, dict[_FSDPRefType, int]]] = {}
         self._grad_hooks: dict[int, Any] = {}
+        #: > 0 while a checkpointed layer re-runs its forward inside backward
+        self.recomputing = 0
 
     # --- peaks
     def _total(self) -> int:
@@ -174,6 +176,8 @@ class PhaseFSDPMemTracker(FSDPMemTracker):
     def _track(self, reftype: Any, t: torch.Tensor) -> None:
         if self._fsdp_state in (_FSDPState.PRE_FW, _FSDPState.PRE_BW) and reftype in (_FSDPRefType.ACT, _FSDPRefType.TEMP):
             reftype = _FSDPRefType.UNSHARDED_PARAM
+        elif reftype == _FSDPRefType.TEMP and self.recomputing:
+            reftype = _FSDPRefType.ACT  # MemTracker's convention: recomputed tensors are activations
         elif reftype == _FSDPRefType.OPT:
             reftype = _FSDPRefType.TEMP  # new inside optimizer.step(); the step post-hook relabels the states
         super()._track(reftype, t)
@@ -273,6 +277,34 @@ def _check(spec: TrainingSpec) -> None:
         raise PlannerError(f"the FSDP trace supports --optimizer adamw only (got {spec.optimizer})")
 
 
+def _mark_recomputation(model: nn.Module, tracker: PhaseFSDPMemTracker) -> None:
+    """Count the re-run of each checkpointed layer in backward as activations, not temporaries.
+
+    FSDPMemTracker only notices recomputation through FSDP's pre-forward hook, which FSDP2 skips
+    inside backward, so it labels recomputed tensors as temporaries; MemTracker (and the
+    single-process trace) label them activations. transformers runs every checkpointed layer
+    through ``layer._gradient_checkpointing_func(fn, ...)``; wrapping ``fn`` marks the re-run.
+    """
+    for layer in model.modules():
+        func = getattr(layer, "_gradient_checkpointing_func", None)
+        if func is None or getattr(func, "_marks_recompute", False):
+            continue
+
+        def marked(fn: Any, *args: Any, _func: Any = func, **kwargs: Any) -> Any:
+            def run(*a: Any, **k: Any) -> Any:
+                recompute = torch._C._current_graph_task_id() != -1  # called from inside backward
+                tracker.recomputing += recompute
+                try:
+                    return fn(*a, **k)
+                finally:
+                    tracker.recomputing -= recompute
+
+            return _func(run, *args, **kwargs)
+
+        marked._marks_recompute = True  # type: ignore[attr-defined]
+        layer._gradient_checkpointing_func = marked
+
+
 def trace_fsdp(arch: Architecture, spec: TrainingSpec, steps: int = 2, flops: bool = True, debug: bool = False) -> dict[str, Any]:
     """Run ``steps`` FSDP2 training steps of ``spec`` as rank 0 of ``spec.world_size`` on fake tensors; see module docstring.
 
@@ -316,6 +348,7 @@ def trace_fsdp(arch: Architecture, spec: TrainingSpec, steps: int = 2, flops: bo
             ids, labels = _batch(arch, spec)
             tracker = PhaseFSDPMemTracker(model, opt)
             tracker.track_inputs((ids, labels))
+            _mark_recomputation(model, tracker)
             try:
                 with tracker:
                     for _ in range(steps):
