@@ -178,7 +178,7 @@ def run_trace(arch: Architecture, spec: TrainingSpec, steps: int = 2, flops: boo
         "date": dt.date.today().isoformat(),
         "host": f"{platform.machine()} {platform.system()}",
     }
-    kwargs = {"progress": progress} if progress is not None and spec.world_size == 1 else {}
+    kwargs = {"progress": progress} if progress is not None else {}
     try:
         result = run(arch, spec, steps=steps, flops=flops, **kwargs)
     except PlannerError:

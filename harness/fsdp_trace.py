@@ -90,7 +90,7 @@ import contextlib
 import gc
 import resource
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -305,7 +305,14 @@ def _mark_recomputation(model: nn.Module, tracker: PhaseFSDPMemTracker) -> None:
         layer._gradient_checkpointing_func = marked
 
 
-def trace_fsdp(arch: Architecture, spec: TrainingSpec, steps: int = 2, flops: bool = True, debug: bool = False) -> dict[str, Any]:
+def trace_fsdp(
+    arch: Architecture,
+    spec: TrainingSpec,
+    steps: int = 2,
+    flops: bool = True,
+    debug: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Run ``steps`` FSDP2 training steps of ``spec`` as rank 0 of ``spec.world_size`` on fake tensors; see module docstring.
 
     Returns what ``planner.measurement.TraceResult`` validates (per rank), plus
@@ -318,6 +325,9 @@ def trace_fsdp(arch: Architecture, spec: TrainingSpec, steps: int = 2, flops: bo
     _register_cpu_flash_flops()
     t0 = time.perf_counter()
     with _quiet(), _unpacked_batches(), _cuda_dropout(), _fsdp_patches(), _fake_process_group(spec.world_size) as mesh:
+        say = progress or (lambda _msg: None)
+        t_start = time.perf_counter()
+        say(f"building {arch.name} ({spec.method}) on fake tensors, FSDP2 rank 0 of {spec.world_size}")
         model = build_model(arch, spec)
         if spec.precision == "bf16-mixed" and spec.method == "full":
             model.to(torch.float32)  # fp32 sharded parameters; LoRA keeps bf16 base weights, adapters as built
@@ -351,7 +361,8 @@ def trace_fsdp(arch: Architecture, spec: TrainingSpec, steps: int = 2, flops: bo
             _mark_recomputation(model, tracker)
             try:
                 with tracker:
-                    for _ in range(steps):
+                    for i in range(steps):
+                        say(f"step {i + 1}/{steps}: forward, backward, optimizer step ({time.perf_counter() - t_start:.0f} s)")
                         tracker.reset_mod_stats()
                         tracker.peaks = {}
                         tracker.start_phase("forward")
@@ -368,6 +379,8 @@ def trace_fsdp(arch: Architecture, spec: TrainingSpec, steps: int = 2, flops: bo
                         details.append(detail)
             finally:
                 tracker.remove_grad_hooks()
+            if flops:
+                say(f"counting FLOPs: one more forward and backward ({time.perf_counter() - t_start:.0f} s)")
             flop_counts = _count_flops(model, arch, spec) if flops else None
         del model, opt, tracker
         gc.collect()
