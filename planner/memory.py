@@ -208,20 +208,12 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
     #    partition allocated between steps; counted here from backward on.
     g = dt.grad
     head = pc.grad_bytes_head
-    grad_at = {
-        "head": head,
-        "first_layer": head + pc.grad_bytes_per_layer,
-        "last_layer": head + L * pc.grad_bytes_per_layer,
-        "all": pc.grad_bytes_total,
-    }
-    if zero >= 2:
-        grad_at = {k: 0 if offload_opt else ceil_div(v, n) for k, v in grad_at.items()}
+    grads_all = (0 if offload_opt else ceil_div(pc.grad_bytes_total, n)) if zero >= 2 else pc.grad_bytes_total
     # Gradients that stay allocated outside backward: ZeRO-3 keeps its gradient partitions in
     # one flat buffer allocated at init (stage3.py ``grad_partitions_flat_buffer``, on the GPU
     # unless the optimizer is offloaded); with gradient accumulation the summed gradients of
     # earlier micro batches stay allocated through the next ones.
-    standing = grad_at["all"] if (spec.grad_accum > 1 or (zero == 3 and fsdp is None)) else 0
-    grad_at = {k: max(v, standing) for k, v in grad_at.items()}
+    standing = grads_all if (spec.grad_accum > 1 or (zero == 3 and fsdp is None)) else 0
 
     # -- optimizer: fp32 master (mixed precision) + moments, sharded from stage 1 on.
     opt_full = pc.trainable * dt.master + optimizer_state_bytes(spec.optimizer, dt, pc.trainable)
@@ -324,9 +316,7 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         # so the tensor it keeps is that input itself.
         current = (ckpt_in + kept - (ckpt_in if dt.resid == 4 else 0)) if spec.grad_ckpt else kept
         done = sum(stage_grads[st] for st in act.LAYER_STAGES[m.freed_from :])
-        grads = grads_before + done
-        if zero >= 2:
-            grads = 0 if offload_opt else ceil_div(grads, n)
+        grads = held(grads_before + done)
         acts = (k - 1) * per_layer_saved + current + below
         if fsdp is not None:
             return fsdp_backward(k, acts, m.temporaries + tied, done)
@@ -352,11 +342,11 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         acts = (k - 1) * per_layer_saved + current + below + extra_acts
         if fsdp is not None:
             return fsdp_backward(k, acts, temps + tied, 0)
-        grads = grads_before_layer(k)
+        grads = held(head + (L - k) * pc.grad_bytes_per_layer)
         return Split(resident, max(grads, standing), opt, acts, live + dequant + temps + tied + buckets)
 
-    def grads_before_layer(k: int) -> int:
-        grads = head + (L - k) * pc.grad_bytes_per_layer
+    def held(grads: int) -> int:
+        """Gradient bytes on this GPU: ZeRO 2/3 keep a 1/n partition (none with the optimizer offloaded)."""
         return (0 if offload_opt else ceil_div(grads, n)) if zero >= 2 else grads
 
     moments = [
@@ -369,7 +359,7 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         *(layer_moment(1, m, head + (L - 1) * pc.grad_bytes_per_layer) for m in layer_moments),
         *([recompute_end(L), recompute_end(1)] if spec.grad_ckpt else []),
         # the embedding gradient closes backward
-        Split(resident, max(standing, grad_at["all"] - (ceil_div(tied, n) if zero >= 2 else tied)), opt, 0, live + buckets + 3 * tied),
+        Split(resident, max(standing, grads_all - (ceil_div(tied, n) if zero >= 2 else tied)), opt, 0, live + buckets + 3 * tied),
     ]
     if fsdp is not None:
         loss = moments[0]
@@ -386,7 +376,7 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
             fsdp_backward(L, (L - 1) * per_layer_saved + below, resid_grad, pc.grad_bytes_per_layer),
         ]
     bwd = max(moments, key=lambda x: x.total)
-    step = Split(resident, grad_at["all"], opt, 0, step_temp + standing_buckets)
+    step = Split(resident, grads_all, opt, 0, step_temp + standing_buckets)
     save = Split(resident, standing, opt, 0, (live if zero == 3 else 0) + standing_buckets)
     phases = {"forward": fwd, "backward": bwd, "optimizer_step": step, "checkpoint_save": save}
     peak_phase = max(GPU_PHASES, key=lambda p: phases[p].total)
