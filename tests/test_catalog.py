@@ -33,6 +33,10 @@ def test_published_gpu_facts():
     assert a100.peak_flops_per_s["bf16"] == 312 * 10**12
     assert a100.memory_bytes == 81920 * 2**20
     assert find_gpu("h100-80gb").peak_flops_per_s["bf16"] == pytest.approx(989e12, rel=0.01)
+    # GeForce: dense tensor rate with FP32 accumulate (NVIDIA Ada / GA102 whitepapers), twice
+    # the non-tensor FP32 rate; the reference we copied from had the FP32 rate here.
+    assert find_gpu("rtx-4090").peak_flops_per_s["bf16"] == 165.2e12 == 2 * find_gpu("rtx-4090").peak_flops_per_s["fp32"]
+    assert find_gpu("rtx-3090").peak_flops_per_s["bf16"] == 71e12
 
 
 @pytest.mark.parametrize(
