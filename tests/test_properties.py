@@ -178,3 +178,19 @@ def test_checkpointing_never_increases_activations(arch, spec):
     # the bottom layer, held while that layer is recomputed when gradients dominate the peak.
     layer_input = act.layer_checkpoint_input(arch, on, dtypes(on)).bytes
     assert gpu_memory(arch, on, CAL).peak_allocated_bytes <= gpu_memory(arch, off, CAL).peak_allocated_bytes + layer_input
+
+
+@SETTINGS
+@given(arch=st.sampled_from(ARCHS), spec=specs(), gpu=st.sampled_from(["a100-80gb", "h100-80gb", "a10g", "rtx-4090", "t4"]))
+def test_secant_batch_search_equals_bisection(arch, spec, gpu):
+    """max_micro_batch's secant steps give exactly what plain bisection over 1..MAX gives."""
+    from planner.plan import MAX_SEARCH_BATCH, _bisect, max_micro_batch
+
+    g = find_gpu(gpu)
+
+    def peak(b: int) -> int:
+        return gpu_memory(arch, spec.model_copy(update={"micro_batch_size": b}), CAL).peak_bytes
+
+    cap = g.usable_memory_bytes
+    expected = 0 if peak(1) > cap else _bisect(peak, cap, 1, MAX_SEARCH_BATCH)
+    assert max_micro_batch(arch, spec, g, CAL) == expected
