@@ -40,7 +40,21 @@ class Calibration(BaseModel):
         return int(self.coefficients[name].value)
 
 
-REQUIRED = ("cuda_context_bytes", "allocator_reserve_fraction", "host_process_bytes", "load_shard_bytes", "save_shard_bytes")
+REQUIRED = (
+    "cuda_context_bytes",
+    "allocator_reserve_fraction",
+    "host_process_bytes",
+    "load_shard_bytes",
+    "save_shard_bytes",
+    "compute_efficiency_max",
+    "compute_tokens_half",
+    "nccl_bus_efficiency",
+    "network_efficiency",
+    "comm_overlap",
+    "pcie_efficiency",
+    "hbm_efficiency",
+    "cpu_adam_elements_per_s",
+)
 
 
 @cache

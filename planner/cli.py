@@ -78,6 +78,11 @@ def plan(
     storage_gb: float | None = typer.Option(
         None, "--storage-gb", min=0.0, help="Disk budget in GB (10^9 bytes): how many fine-tuned models fit, base included."
     ),
+    dataset_tokens: int | None = typer.Option(None, "--dataset-tokens", min=1, help="Tokens per epoch (padding included)."),
+    dataset_samples: int | None = typer.Option(
+        None, "--dataset-samples", min=1, help="Samples per epoch, each padded to --seq-len (default 7473: GSM8K train, the seed's)."
+    ),
+    epochs: float = typer.Option(1.0, "--epochs", min=0.0, help="Epochs to price (time_cost covers all of them)."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON (raw integer bytes)."),
 ) -> None:
     """Plan memory per GPU and per node, the largest micro batch that fits, and checkpoint sizes.
@@ -143,7 +148,14 @@ def plan(
     if storage_gb is not None and not math.isfinite(storage_gb):
         raise PlannerError("--storage-gb must be a finite number of GB")
     storage = None if storage_gb is None else int(storage_gb * 10**9)
-    result = build_plan(arch, spec, the_gpu, inst, load_calibration(calibration), storage_bytes=storage)
+    if dataset_tokens is not None and dataset_samples is not None:
+        raise PlannerError("give --dataset-tokens or --dataset-samples, not both")
+    if not math.isfinite(epochs) or epochs <= 0:
+        raise PlannerError("--epochs must be a positive number")
+    tokens = dataset_tokens if dataset_tokens is not None else (dataset_samples * seq_len if dataset_samples is not None else None)
+    result = build_plan(
+        arch, spec, the_gpu, inst, load_calibration(calibration), storage_bytes=storage, dataset_tokens=tokens, epochs=epochs
+    )
     if as_json:
         sys.stdout.write(result.model_dump_json(indent=2) + "\n")
     else:

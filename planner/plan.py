@@ -18,6 +18,7 @@ from planner.formulas.dtypes import adapter_dtype
 from planner.memory import CATEGORIES, GpuMemory, HostMemory, gpu_memory, host_memory, param_counts
 from planner.schemas import Architecture, Gpu, Instance
 from planner.spec import TrainingSpec
+from planner.timing import SEED_DATASET_SAMPLES, step_timing, time_cost
 
 SCHEMA_VERSION = 1
 MAX_SEARCH_BATCH = 1 << 16
@@ -162,6 +163,35 @@ class CalibrationInfo(_Out):
     residuals: dict[str, float] | None
 
 
+class StepParts(_Out):
+    compute_s: float = Field(description="Matmuls at the calibrated fraction of peak (all micro-steps).")
+    communication_s: float = Field(description="ZeRO / data-parallel collectives not hidden behind compute.")
+    offload_s: float = Field(description="PCIe traffic of offloaded parameters and optimizer partitions.")
+    optimizer_s: float = Field(description="AdamW on the GPU, or DeepSpeed's CPU Adam when offloaded.")
+
+
+class Throughput(_Out):
+    tokens_per_s: float = Field(description="All GPUs, padding included.")
+    tokens_per_s_per_gpu: float
+    step_time_s: float = Field(description="One optimizer step (grad_accum micro-steps).")
+    tokens_per_step: int
+    mfu: float = Field(description="Model FLOPs (no recomputation) / (step time x dense peak), per GPU.")
+    step_time_parts: StepParts
+    bottleneck: Literal["compute", "communication", "offload", "optimizer"]
+    calibrated: bool = Field(description="False while the time coefficients are cited defaults.")
+
+
+class TimeCost(_Out):
+    dataset_tokens: int = Field(description="Tokens of one epoch (samples x sequence length when padded).")
+    epochs: float
+    seconds_per_epoch: float
+    seconds_total: float = Field(description="All epochs.")
+    usd_per_hour: float | None = Field(description="All nodes, on-demand; None without an instance or price.")
+    usd_per_epoch: float | None
+    usd_total: float | None = Field(description="All epochs.")
+    usd_per_million_tokens: float | None
+
+
 class Plan(_Out):
     schema_version: int = SCHEMA_VERSION
     inputs: Inputs
@@ -172,8 +202,9 @@ class Plan(_Out):
     checkpoint: Checkpoint
     warnings: list[str] = Field(default_factory=list, description="Things the plan cannot vouch for.")
     calibration: CalibrationInfo
-    throughput: None = Field(default=None, description="Reserved: tokens/s (a later issue).")
-    cost: None = Field(default=None, description="Reserved: time and dollars per epoch (a later issue).")
+    throughput: Throughput
+    time_cost: TimeCost
+    cost: TimeCost = Field(description="Same as time_cost (the name reserved in schema version 1).")
 
 
 def _warnings(arch: Architecture, spec: TrainingSpec, gpu: Gpu, instance: Instance | None) -> list[str]:
@@ -244,7 +275,11 @@ def build_plan(
     instance: Instance | None = None,
     calibration: Calibration | None = None,
     storage_bytes: int | None = None,
+    dataset_tokens: int | None = None,
+    epochs: float = 1.0,
 ) -> Plan:
+    """Everything ``plan`` reports for one spec. ``dataset_tokens`` defaults to the seed's GSM8K
+    train split (7,473 samples) padded to the sequence length."""
     cal = calibration or load_calibration()
     pc = param_counts(arch, spec)
     host_capacity = instance.host_memory_bytes if instance else None
@@ -330,8 +365,28 @@ def build_plan(
         instance=instance.id if instance else None,
         usd_per_hour=instance.usd_per_hour if instance else None,
     )
+    t = step_timing(arch, spec, pc, gpu, instance, cal)
+    tokens = dataset_tokens if dataset_tokens is not None else SEED_DATASET_SAMPLES * spec.seq_len
+    tc = time_cost(t, tokens, epochs, instance.usd_per_hour if instance else None, spec.nodes)
+    time_keys = ("compute_efficiency_max", "compute_tokens_half", "nccl_bus_efficiency", "network_efficiency", "comm_overlap")
+    throughput = Throughput(
+        tokens_per_s=t.tokens_per_s,
+        tokens_per_s_per_gpu=t.tokens_per_s / t.world,
+        step_time_s=t.step_time_s,
+        tokens_per_step=t.tokens_per_step,
+        mfu=t.mfu,
+        step_time_parts=StepParts(
+            compute_s=t.compute_s, communication_s=t.communication_s, offload_s=t.offload_s, optimizer_s=t.optimizer_s
+        ),
+        bottleneck=t.bottleneck,  # type: ignore[arg-type]
+        calibrated=all(cal.coefficients[k].calibrated for k in time_keys),
+    )
+    time_and_cost = TimeCost(**vars(tc))
     return Plan(
         inputs=Inputs(model=arch.name, hf_id=arch.hf_id, spec=spec, hardware=hardware),
+        throughput=throughput,
+        time_cost=time_and_cost,
+        cost=time_and_cost,
         parameters=Parameters(
             total=pc.total, trainable=pc.trainable, frozen=pc.frozen, base=pc.base, lora=pc.lora, modules_to_save=pc.modules_to_save
         ),

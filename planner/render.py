@@ -132,6 +132,8 @@ def render_plan(plan: Plan, console: Console) -> None:
         + (f" (GPU memory alone: {batch(gpu_alone)})" if gpu_alone != plan.max_micro_batch_size else "")
     )
 
+    _render_time(plan, console)
+
     ck = plan.checkpoint
     cks = Table(title="Checkpoints on disk (GiB)", title_justify="left")
     cks.add_column("file")
@@ -169,6 +171,40 @@ def render_plan(plan: Plan, console: Console) -> None:
         f"Calibrated coefficients: {', '.join(fitted) or 'none'}. Cited defaults, not fitted: {', '.join(defaults) or 'none'}. "
         f"GiB = 2^30 bytes.[/]"
     )
+
+
+def _render_time(plan: Plan, console: Console) -> None:
+    t, tc = plan.throughput, plan.time_cost
+    spec = plan.inputs.spec
+    label = "calibrated" if t.calibrated else "cited defaults, not yet fitted: treat as an estimate"
+    tab = Table(title=f"Throughput and cost at micro batch {spec.micro_batch_size} ({label})", title_justify="left")
+    tab.add_column("quantity")
+    tab.add_column("value", justify="right")
+    parts = t.step_time_parts
+    tab.add_row("tokens/s (all GPUs; per GPU)", f"{t.tokens_per_s:,.0f}; {t.tokens_per_s_per_gpu:,.0f}")
+    tab.add_row(f"step time s ({t.tokens_per_step:,} tokens/step)", f"{t.step_time_s:.3f}")
+    for name, v in (
+        ("compute", parts.compute_s),
+        ("communication (exposed)", parts.communication_s),
+        ("offload (PCIe)", parts.offload_s),
+        ("optimizer", parts.optimizer_s),
+    ):
+        mark = "  <- bottleneck" if name.split()[0] == t.bottleneck else ""
+        tab.add_row(f"  {name}", f"{v:.3f}{mark}")
+    tab.add_row("MFU", f"{t.mfu:.1%}")
+    hours = tc.seconds_per_epoch / 3600
+    tab.add_row(f"time per epoch ({tc.dataset_tokens:,} tokens)", f"{hours:.2f} h")
+    if tc.epochs != 1:
+        tab.add_row(f"time for {tc.epochs:g} epochs", f"{tc.seconds_total / 3600:.2f} h")
+    if tc.usd_per_hour is not None and tc.usd_per_epoch is not None and tc.usd_per_million_tokens is not None:
+        tab.add_row("USD per hour (on-demand, all nodes)", f"{tc.usd_per_hour:,.2f}")
+        tab.add_row("USD per epoch", f"{tc.usd_per_epoch:,.2f}")
+        if tc.epochs != 1 and tc.usd_total is not None:
+            tab.add_row(f"USD for {tc.epochs:g} epochs", f"{tc.usd_total:,.2f}")
+        tab.add_row("USD per million tokens", f"{tc.usd_per_million_tokens:,.3f}")
+    else:
+        tab.add_row("USD", "no price: give --instance")
+    console.print(tab)
 
 
 def render_models(models: tuple[Architecture, ...], console: Console) -> None:

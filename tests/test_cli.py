@@ -82,6 +82,8 @@ CONTRACT = [
     "max_micro_batch_size",
     *(f"checkpoint.{k}" for k in ("model_weights_bytes", "adapter_bytes", "training_state_bytes", "merged_model_bytes")),
     "calibration.id",
+    *(f"throughput.{k}" for k in ("tokens_per_s", "tokens_per_s_per_gpu", "step_time_s", "mfu")),
+    *(f"time_cost.{k}" for k in ("seconds_per_epoch", "usd_per_epoch", "usd_per_million_tokens", "usd_per_hour")),
 ]
 
 

@@ -102,11 +102,15 @@ def step_flops(arch: Architecture, spec: TrainingSpec) -> StepFlops:
     if "embed_tokens" in targets:  # peft lora.Embedding: (T x r) lookup of A times B^T
         fwd += 2 * T * spec.lora_rank * h
         bwd += 2 * T * spec.lora_rank * h
-    for _ in range(arch.num_hidden_layers):
-        f, b, tail = _layer(arch, spec, x_req)
-        fwd += f
-        bwd += b + (f - tail if spec.grad_ckpt else 0)
-        x_req = True if (x_req or full or targets & set(layer_linears(arch))) else x_req
+    # Every layer is the same but for whether its input needs a gradient: the bottom one may
+    # not (see module docstring); after it, every input does once anything below trains.
+    after = x_req or full or bool(targets & set(layer_linears(arch)))
+    L = arch.num_hidden_layers
+    for count, req in ((1, x_req), (L - 1, after)):
+        f, b, tail = _layer(arch, spec, req)
+        fwd += count * f
+        bwd += count * (b + (f - tail if spec.grad_ckpt else 0))
+    x_req = after
     head = 2 * T * h * V
     fwd += head
     bwd += head if x_req else 0

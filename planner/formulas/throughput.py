@@ -1,0 +1,88 @@
+"""Step time from FLOPs, collectives, offload traffic and the optimizer step: small pure formulas.
+
+Each returns seconds (or bytes moved per GPU) for one micro-step or one optimizer step; the
+composition is ``planner.timing``. Coefficients (efficiencies, overlap, CPU Adam rate) are
+named in ``data/calibration/*.json`` and passed in.
+"""
+
+from __future__ import annotations
+
+
+def compute_efficiency(tokens_per_micro_step: int, efficiency_max: float, tokens_half: float) -> float:
+    """Achieved fraction of the GPU's dense peak on the step's matmuls.
+
+    Saturates with the tokens a GPU processes per micro-step: small GEMMs leave tensor cores
+    idle (M of each projection's GEMM is the token count). ``efficiency_max`` is the large-GEMM
+    plateau, ``tokens_half`` the token count at which half of it is reached.
+    """
+    t = max(1, tokens_per_micro_step)
+    return efficiency_max * t / (t + tokens_half)
+
+
+def ring_bytes_per_gpu(buffer_bytes: int, world: int, collective: str) -> int:
+    """Bytes each GPU sends (= receives) in a ring collective over ``buffer_bytes``.
+
+    NCCL's bus-bandwidth model (nccl-tests doc/PERFORMANCE.md): all-gather and reduce-scatter
+    move (n-1)/n of the buffer per GPU, all-reduce twice that. One GPU moves nothing.
+    """
+    if world <= 1:
+        return 0
+    factor = 2 if collective == "all_reduce" else 1
+    return factor * buffer_bytes * (world - 1) // world
+
+
+def zero_comm_bytes_per_gpu(zero_stage: int, world: int, param_bytes: int, grad_bytes: int) -> tuple[int, int]:
+    """(per micro-step, per optimizer step) collective bytes per GPU for data parallelism + ZeRO.
+
+    ZeRO paper (Rajbhandari et al. 2020, §7): stage 0-1 all-reduce the gradients (2 (n-1)/n G);
+    stage 2 reduce-scatters them ((n-1)/n G) and, like stage 1, all-gathers the updated 16-bit
+    parameters once per optimizer step ((n-1)/n W); stage 3 all-gathers the parameters in
+    forward and again in backward (the gather in backward also serves the checkpointed re-run)
+    and reduce-scatters the gradients: 2 (n-1)/n W + (n-1)/n G per micro-step.
+    ``param_bytes`` is every parameter in its 16-bit (gathered) form, frozen ones included:
+    ZeRO-3 gathers a LoRA model's whole base.
+    """
+    if zero_stage == 3:
+        return 2 * ring_bytes_per_gpu(param_bytes, world, "all_gather") + ring_bytes_per_gpu(grad_bytes, world, "reduce_scatter"), 0
+    if zero_stage == 2:
+        return ring_bytes_per_gpu(grad_bytes, world, "reduce_scatter"), ring_bytes_per_gpu(param_bytes, world, "all_gather")
+    per_step = ring_bytes_per_gpu(param_bytes, world, "all_gather") if zero_stage == 1 else 0
+    return ring_bytes_per_gpu(grad_bytes, world, "all_reduce"), per_step
+
+
+def exposed_seconds(busy_seconds: float, hideable_behind_seconds: float, overlap: float) -> float:
+    """What of ``busy_seconds`` is not hidden behind ``overlap`` x the other stream's time."""
+    return max(0.0, busy_seconds - overlap * hideable_behind_seconds)
+
+
+def gpu_adam_seconds(elements: int, bytes_per_element: int, hbm_bytes_per_s: float, efficiency: float) -> float:
+    """AdamW on the GPU is memory-bound: every element's parameter, gradient, master copy and
+    two moments are read and written once (``bytes_per_element`` in total)."""
+    return elements * bytes_per_element / (hbm_bytes_per_s * efficiency)
+
+
+def adam_bytes_per_element(param: int, grad: int, master: int, state: int) -> int:
+    """Bytes AdamW touches per element: read grad; read+write master (or the parameter), two
+    moments; write the 16-bit parameter when there is a separate master."""
+    own = master or param
+    return grad + 2 * own + 4 * state + (param if master else 0)
+
+
+def lora_elementwise_bytes(tokens: int, shapes: list[tuple[int, int]], act: int, adapter: int, dropout: bool, recompute: bool) -> int:
+    """HBM traffic of peft's LoRA branch outside its (tiny, memory-bound) matmuls, per micro-step.
+
+    For each adapted linear (in -> out) and token, peft's ``lora.Linear.forward`` casts the input
+    to the adapter dtype, applies its own dropout (writing the output and a bool mask), feeds
+    ``lora_A`` (which reads that copy again, and once more for its weight gradient) and adds the
+    scaled ``lora_B`` output to the frozen result; backward writes the gradient through the
+    branch, runs dropout's backward and adds it into the frozen path's input gradient. With
+    checkpointing the forward part runs twice. Bytes are per element of X (in) or Y (out).
+    """
+    mask = 1 if dropout else 0
+    fwd_in = act + adapter + mask + adapter  # read X, write cast/dropout copy (+ mask), lora_A reads it
+    fwd_out = 3 * act  # read frozen result and scaled B output, write the sum
+    bwd_in = 2 * adapter + (mask + adapter + act if dropout else 0) + 2 * act  # dA reads X', dX' written, dropout bwd, add into dX
+    bwd_out = act  # dY read by lora_B's gradients
+    runs = 2 if recompute else 1
+    per_token = sum((runs * fwd_in + bwd_in) * i + (runs * fwd_out + bwd_out) * o for i, o in shapes)
+    return tokens * per_token

@@ -1,0 +1,156 @@
+"""The one place that composes step time, throughput, and time and dollars per epoch.
+
+An optimizer step is ``grad_accum`` micro-steps plus the optimizer:
+
+* compute: the micro-step's matmul FLOPs (``formulas.flops``, recomputation included) at the
+  GPU's dense peak times an efficiency that grows with the tokens per micro-step; QLoRA adds
+  the memory-bound dequantization of every frozen weight for each use;
+* communication: the ZeRO / data-parallel collectives (``formulas.throughput``) over the
+  slowest link (NVLink/NVSwitch inside a node, the instance's network across nodes), partly
+  hidden behind compute (``comm_overlap``);
+* offload: with ``--offload all`` the parameter partition comes over PCIe for forward and
+  again for backward; with the optimizer offloaded, each step sends the gradient partition
+  down and the updated 16-bit partition up, and DeepSpeed's CPU Adam updates it on the host;
+* optimizer on the GPU: memory-bound AdamW over the local partition.
+
+Every coefficient is named in the calibration file and reported with the plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.calibration import Calibration
+from planner.formulas import params as prm
+from planner.formulas import throughput as tp
+from planner.formulas.dtypes import adapter_bytes_per_elem
+from planner.formulas.flops import step_flops
+from planner.memory import ParamCounts, dtypes
+from planner.schemas import Architecture, Gpu, Instance
+from planner.spec import TrainingSpec
+
+#: GSM8K's train split (Cobbe et al. 2021): 7,473 problems, the seed's dataset, padded to 512.
+SEED_DATASET_SAMPLES = 7473
+
+
+@dataclass(frozen=True)
+class Timing:
+    compute_s: float  # per optimizer step, all micro-steps
+    communication_s: float  # exposed (not hidden behind compute)
+    offload_s: float
+    optimizer_s: float
+    tokens_per_step: int  # all GPUs, one optimizer step
+    model_flops_per_step: int  # one GPU, without recomputation (what MFU counts)
+    peak_flops_per_s: float
+    world: int
+
+    @property
+    def step_time_s(self) -> float:
+        return self.compute_s + self.communication_s + self.offload_s + self.optimizer_s
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens_per_step / self.step_time_s
+
+    @property
+    def mfu(self) -> float:
+        return self.model_flops_per_step / (self.step_time_s * self.peak_flops_per_s)
+
+    @property
+    def bottleneck(self) -> str:
+        parts = {"compute": self.compute_s, "communication": self.communication_s, "offload": self.offload_s, "optimizer": self.optimizer_s}
+        return max(parts, key=parts.__getitem__)
+
+
+def peak_flops(gpu: Gpu, spec: TrainingSpec) -> float:
+    """The dense tensor peak for the precision's matmul dtype."""
+    want = {"fp16-mixed": "fp16", "fp32": "tf32"}.get(spec.precision, "bf16")
+    table = gpu.peak_flops_per_s
+    for key in (want, "bf16", "fp16", "tf32", "fp32"):
+        if key in table:
+            return float(table[key])
+    raise ValueError(f"{gpu.id} lists no peak FLOPs")  # pragma: no cover - the schema requires bf16 or fp16
+
+
+def link_bytes_per_s(spec: TrainingSpec, gpu: Gpu, instance: Instance | None, cal: Calibration) -> float:
+    """Bus bandwidth a ring collective gets per GPU: the intra-node link (NVLink/NVSwitch, else
+    PCIe), and across nodes the node's network shared by its GPUs, whichever is slower."""
+    intra = (instance.intra_node_bandwidth_bytes_per_s if instance else None) or gpu.nvlink_bandwidth_bytes_per_s
+    bw = (intra or gpu.pcie_bandwidth_bytes_per_s) * cal.value("nccl_bus_efficiency")
+    if spec.nodes > 1 and instance is not None:
+        bw = min(bw, instance.network_bytes_per_s / spec.gpus_per_node * cal.value("network_efficiency"))
+    return bw
+
+
+def step_timing(arch: Architecture, spec: TrainingSpec, pc: ParamCounts, gpu: Gpu, instance: Instance | None, cal: Calibration) -> Timing:
+    dt = dtypes(spec)
+    n, zero = spec.world_size, spec.zero_stage
+    tokens = spec.tokens_per_micro_batch
+    peak = peak_flops(gpu, spec)
+    flops = step_flops(arch, spec)
+    eff = tp.compute_efficiency(tokens, cal.value("compute_efficiency_max"), cal.value("compute_tokens_half"))
+    compute = flops.total / (peak * eff)
+    hbm = gpu.hbm_bandwidth_bytes_per_s * cal.value("hbm_efficiency")
+    if spec.method != "full":
+        lin = prm.layer_linears(arch)
+        shapes = [(lin[t].in_features, lin[t].out_features) for t in spec.lora_targets if t in lin] * arch.num_hidden_layers
+        lora_bytes = tp.lora_elementwise_bytes(tokens, shapes, dt.act, adapter_bytes_per_elem(spec), spec.lora_dropout > 0, spec.grad_ckpt)
+        compute += lora_bytes / hbm
+    if spec.method == "qlora":
+        # bitsandbytes dequantizes each NF4 weight to 16 bit for every matmul that uses it:
+        # forward, backward (input gradient) and the checkpointed re-run; read 0.5 B, write 2 B.
+        uses = 2 + (1 if spec.grad_ckpt else 0)
+        compute += uses * prm.linear_weight_params(arch) * 2.5 / hbm
+    link = link_bytes_per_s(spec, gpu, instance, cal)
+    per_micro, per_step = tp.zero_comm_bytes_per_gpu(zero, n, pc.weights_bytes, pc.grad_bytes_total)
+    comm_micro = tp.exposed_seconds(per_micro / link, compute, cal.value("comm_overlap"))
+    pcie = gpu.pcie_bandwidth_bytes_per_s * cal.value("pcie_efficiency")
+    offload_micro = 2 * (pc.weights_bytes // n) / pcie if spec.offload == "all" else 0.0
+    if spec.offload in ("optimizer", "all"):
+        moved = (pc.grad_bytes_total + pc.trainable * dt.weight) // n  # gradients down, 16-bit params up
+        host_elems = pc.trainable * spec.gpus_per_node // n  # one node's CPU Adam updates its ranks' partitions
+        offload_step, optimizer = moved / pcie, host_elems / cal.value("cpu_adam_elements_per_s")
+    else:
+        local = -(-pc.trainable // n) if zero >= 1 else pc.trainable
+        per_elem = tp.adam_bytes_per_element(dt.weight, dt.grad, dt.master, dt.state) if spec.optimizer == "adamw" else 2 * dt.weight
+        offload_step, optimizer = 0.0, tp.gpu_adam_seconds(local, per_elem, gpu.hbm_bandwidth_bytes_per_s, cal.value("hbm_efficiency"))
+    accum = spec.grad_accum
+    model_flops = step_flops(arch, spec.model_copy(update={"grad_ckpt": False})).total * accum
+    return Timing(
+        compute_s=accum * compute,
+        communication_s=accum * comm_micro + per_step / link,
+        offload_s=accum * offload_micro + offload_step,
+        optimizer_s=optimizer,
+        tokens_per_step=tokens * accum * n,
+        model_flops_per_step=model_flops,
+        peak_flops_per_s=peak,
+        world=n,
+    )
+
+
+@dataclass(frozen=True)
+class TimeCost:
+    dataset_tokens: int  # one epoch
+    epochs: float
+    seconds_per_epoch: float
+    seconds_total: float
+    usd_per_hour: float | None
+    usd_per_epoch: float | None
+    usd_total: float | None
+    usd_per_million_tokens: float | None
+
+
+def time_cost(t: Timing, dataset_tokens: int, epochs: float, usd_per_node_hour: float | None, nodes: int) -> TimeCost:
+    """Time and on-demand dollars of ``epochs`` passes over ``dataset_tokens`` at ``t``'s rate."""
+    seconds = dataset_tokens / t.tokens_per_s
+    per_hour = None if usd_per_node_hour is None else usd_per_node_hour * nodes
+    return TimeCost(
+        dataset_tokens=dataset_tokens,
+        epochs=epochs,
+        seconds_per_epoch=seconds,
+        seconds_total=seconds * epochs,
+        usd_per_hour=per_hour,
+        usd_per_epoch=None if per_hour is None else per_hour * seconds / 3600,
+        usd_total=None if per_hour is None else per_hour * seconds * epochs / 3600,
+        usd_per_million_tokens=None if per_hour is None else per_hour / (t.tokens_per_s * 3600) * 1e6,
+    )

@@ -1,0 +1,102 @@
+"""Step time, throughput and cost: hand-worked values for each formula and for the composition."""
+
+from __future__ import annotations
+
+import pytest
+
+from planner.calibration import load_calibration
+from planner.catalog import find_gpu, find_instance, find_model
+from planner.formulas import throughput as tp
+from planner.formulas.flops import step_flops
+from planner.memory import param_counts
+from planner.plan import build_plan
+from planner.spec import TrainingSpec
+from planner.timing import SEED_DATASET_SAMPLES, step_timing
+
+CAL = load_calibration()
+A7 = find_model("7b")
+P4DE = find_instance("p4de.24xlarge")
+A100 = find_gpu(P4DE.gpu)
+
+
+def test_ring_collectives_move_n_minus_1_over_n():
+    assert tp.ring_bytes_per_gpu(8_000, 8, "all_gather") == 7_000
+    assert tp.ring_bytes_per_gpu(8_000, 8, "reduce_scatter") == 7_000
+    assert tp.ring_bytes_per_gpu(8_000, 8, "all_reduce") == 14_000
+    assert tp.ring_bytes_per_gpu(8_000, 1, "all_reduce") == 0
+
+
+def test_zero_volumes_follow_the_zero_paper():
+    w, g = 8_000, 4_000
+    assert tp.zero_comm_bytes_per_gpu(0, 8, w, g) == (7_000, 0)  # all-reduce of the gradients
+    assert tp.zero_comm_bytes_per_gpu(2, 8, w, g) == (3_500, 7_000)  # reduce-scatter + all-gather once per step
+    assert tp.zero_comm_bytes_per_gpu(3, 8, w, g) == (2 * 7_000 + 3_500, 0)  # 1.5x data parallelism when w == g
+
+
+def test_efficiency_saturates_with_tokens():
+    assert tp.compute_efficiency(256, 0.6, 256) == pytest.approx(0.3)
+    assert tp.compute_efficiency(10**9, 0.6, 256) == pytest.approx(0.6, rel=1e-6)
+    assert tp.compute_efficiency(1024, 0.6, 256) < tp.compute_efficiency(2048, 0.6, 256)
+
+
+def test_adam_bytes_per_element():
+    # mixed precision: read bf16 grad (2), read+write fp32 master (8), two fp32 moments (16), write bf16 param (2)
+    assert tp.adam_bytes_per_element(param=2, grad=2, master=4, state=4) == 28
+    # fp32 AdamW on fp32 weights: grad 4 + param 8 + moments 16
+    assert tp.adam_bytes_per_element(param=4, grad=4, master=0, state=4) == 28
+
+
+def test_full_7b_on_one_a100_is_compute_plus_gpu_adam_by_hand():
+    spec = TrainingSpec(method="full", zero_stage=0, offload="none", grad_ckpt=False, micro_batch_size=8)
+    t = step_timing(A7, spec, param_counts(A7, spec), A100, None, CAL)
+    flops = step_flops(A7, spec).total
+    eff = 0.6 * 4096 / (4096 + 256)
+    assert t.compute_s == pytest.approx(flops / (312e12 * eff))
+    assert t.communication_s == 0 and t.offload_s == 0  # one GPU, nothing offloaded
+    assert t.optimizer_s == pytest.approx(6_738_415_616 * 28 / (2039e9 * 0.8), rel=1e-6)
+    assert t.tokens_per_s == pytest.approx(4096 / (t.compute_s + t.optimizer_s))
+    assert t.mfu == pytest.approx(flops / (t.step_time_s * 312e12))  # no recomputation: model FLOPs = executed FLOPs
+
+
+def test_offloaded_optimizer_is_cpu_adam_over_the_node():
+    spec = TrainingSpec(method="full", gpus_per_node=8)  # seed default: ZeRO-3, optimizer offloaded
+    t = step_timing(A7, spec, param_counts(A7, spec), A100, P4DE, CAL)
+    assert t.optimizer_s == pytest.approx(6_738_415_616 / 1e9, rel=1e-6)
+    assert t.bottleneck == "optimizer"
+
+
+def test_plan_reports_time_and_cost_for_the_seed_dataset():
+    p = build_plan(A7, TrainingSpec(method="lora", gpus_per_node=8, offload="none"), A100, P4DE, CAL)
+    tc, t = p.time_cost, p.throughput
+    assert tc.dataset_tokens == SEED_DATASET_SAMPLES * 512 == 3_826_176
+    assert tc.seconds_per_epoch == pytest.approx(tc.dataset_tokens / t.tokens_per_s)
+    assert tc.usd_per_hour == P4DE.usd_per_hour
+    assert tc.usd_per_epoch == pytest.approx(P4DE.usd_per_hour * tc.seconds_per_epoch / 3600)
+    assert tc.usd_per_million_tokens == pytest.approx(P4DE.usd_per_hour / (t.tokens_per_s * 3600) * 1e6)
+    assert t.tokens_per_s_per_gpu == pytest.approx(t.tokens_per_s / 8)
+    assert p.cost == p.time_cost and not t.calibrated
+    three = build_plan(A7, TrainingSpec(method="lora", gpus_per_node=8, offload="none"), A100, P4DE, CAL, epochs=3)
+    assert three.time_cost.seconds_total == pytest.approx(3 * tc.seconds_per_epoch)
+
+
+def test_zero3_gathers_a_lora_models_whole_base():
+    """LoRA saves gradient traffic, not ZeRO-3's parameter gathers: the seed's 'not much faster at
+    equal batch' mechanism. Communication bytes differ only by the gradients."""
+    full = TrainingSpec(method="full", gpus_per_node=8, offload="none")
+    lora = full.model_copy(update={"method": "lora"})
+    pf, pl = param_counts(A7, full), param_counts(A7, lora)
+    vf = tp.zero_comm_bytes_per_gpu(3, 8, pf.weights_bytes, pf.grad_bytes_total)[0]
+    vl = tp.zero_comm_bytes_per_gpu(3, 8, pl.weights_bytes, pl.grad_bytes_total)[0]
+    gathers = 2 * 7 * pf.weights_bytes // 8
+    assert vf - gathers == pytest.approx(7 * pf.grad_bytes_total // 8, abs=8)
+    assert vl > gathers  # the gathers are all there
+    assert vl < vf
+
+
+def test_bad_time_inputs_are_one_line(capsys):
+    from planner.cli import main
+
+    assert main(["--model", "7b", "--gpu", "a100", "--dataset-tokens", "5", "--dataset-samples", "5"]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(["--model", "7b", "--gpu", "a100", "--epochs", "0"]) == 2
+    assert "epochs" in capsys.readouterr().err
