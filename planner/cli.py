@@ -44,7 +44,7 @@ def plan(
     gpu: str | None = typer.Option(None, "--gpu", help="GPU model, e.g. a100-80gb (instead of --instance)."),
     gpus: int | None = typer.Option(None, "--gpus", min=1, help="GPUs per node with --gpu (default 1)."),
     nodes: int = typer.Option(1, "--nodes", min=1),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Micro batch per GPU."),
+    batch_size: str = typer.Option("8", "--batch-size", "-b", help="Micro batch per GPU, or 'max' for the largest that fits."),
     seq_len: int = typer.Option(512, "--seq-len", "-s", min=1),
     grad_accum: int = typer.Option(1, "--grad-accum", min=1),
     zero: int = typer.Option(3, "--zero", min=0, max=3, help="DeepSpeed ZeRO stage 0-3."),
@@ -115,7 +115,7 @@ def plan(
             method=method,
             precision=precision,
             optimizer=optimizer,
-            micro_batch_size=batch_size,
+            micro_batch_size=1 if batch_size.strip().lower() == "max" else _positive_int(batch_size, "--batch-size"),
             seq_len=seq_len,
             grad_accum=grad_accum,
             grad_ckpt=grad_ckpt,
@@ -153,9 +153,12 @@ def plan(
     if not math.isfinite(epochs) or epochs <= 0:
         raise PlannerError("--epochs must be a positive number")
     tokens = dataset_tokens if dataset_tokens is not None else (dataset_samples * seq_len if dataset_samples is not None else None)
-    result = build_plan(
-        arch, spec, the_gpu, inst, load_calibration(calibration), storage_bytes=storage, dataset_tokens=tokens, epochs=epochs
-    )
+    cal = load_calibration(calibration)
+    if batch_size.strip().lower() == "max":
+        from planner.plan import max_micro_batch
+
+        spec = spec.model_copy(update={"micro_batch_size": max(1, max_micro_batch(arch, spec, the_gpu, cal))})
+    result = build_plan(arch, spec, the_gpu, inst, cal, storage_bytes=storage, dataset_tokens=tokens, epochs=epochs)
     if as_json:
         sys.stdout.write(result.model_dump_json(indent=2) + "\n")
     else:
@@ -176,6 +179,16 @@ def list_catalog(what: Literal["models", "gpus", "instances"] = typer.Argument(.
         render.render_gpus(catalog.gpus(), console)
     else:
         render.render_instances(catalog.instances(), console)
+
+
+def _positive_int(text: str, option: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise PlannerError(f"{option} must be a whole number or 'max' (got {text!r})") from None
+    if value < 1:
+        raise PlannerError(f"{option} must be at least 1 (got {value})")
+    return value
 
 
 def option_error(exc: ValidationError) -> PlannerError:

@@ -100,3 +100,19 @@ def test_bad_time_inputs_are_one_line(capsys):
     assert "not both" in capsys.readouterr().err
     assert main(["--model", "7b", "--gpu", "a100", "--epochs", "0"]) == 2
     assert "epochs" in capsys.readouterr().err
+
+
+def test_batch_size_max_plans_at_the_largest_micro_batch_that_fits(capsys):
+    import json
+
+    from planner.cli import main
+
+    argv = ["--model", "7b", "--method", "lora", "--instance", "p4de.24xlarge", "--offload", "none", "--json"]
+    assert main([*argv, "--batch-size", "max"]) == 0
+    p = json.loads(capsys.readouterr().out)
+    b = p["inputs"]["spec"]["micro_batch_size"]
+    assert b == p["max_micro_batch_size"] > 8 and p["memory"]["fits"]
+    assert main([*argv, "--batch-size", str(b + 1)]) == 0
+    assert not json.loads(capsys.readouterr().out)["memory"]["fits"]
+    assert main([*argv[:-1], "--batch-size", "x"]) == 2
+    assert "whole number or 'max'" in capsys.readouterr().err
