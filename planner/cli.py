@@ -5,6 +5,7 @@ Errors in the input print one line on stderr and exit 2; "does not fit" is a res
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from typing import Literal
@@ -15,6 +16,7 @@ from pydantic import ValidationError
 from planner import catalog
 from planner.errors import PlannerError
 from planner.formulas.params import max_lora_rank
+from planner.schemas import Gpu, Instance
 from planner.spec import DeepSpeedConfig, TrainingSpec, parse_targets
 
 app = typer.Typer(
@@ -84,6 +86,9 @@ def plan(
     ),
     epochs: float = typer.Option(1.0, "--epochs", min=0.0, help="Epochs to price (time_cost covers all of them)."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON (raw integer bytes)."),
+    compare: bool = typer.Option(False, "--compare", hidden=True, help="Set by `plan compare`."),
+    methods: str | None = typer.Option(None, "--methods", help="plan compare: comma list of methods (default full,lora)."),
+    instances: str | None = typer.Option(None, "--instances", help="plan compare: comma list of instances (instead of --instance)."),
 ) -> None:
     """Plan memory per GPU and per node, the largest micro batch that fits, and checkpoint sizes.
 
@@ -97,6 +102,12 @@ def plan(
     from planner.plan import build_plan
 
     arch = catalog.find_model(model)
+    if (methods or instances) and not compare:
+        raise PlannerError("--methods and --instances go with `plan compare`")
+    if compare and instances:
+        if instance or gpu:
+            raise PlannerError("give --instances or --instance/--gpu, not both")
+        instance = instances.split(",")[0].strip()
     if instance and gpu:
         raise PlannerError("give either --instance or --gpu, not both")
     if instance:
@@ -154,6 +165,9 @@ def plan(
         raise PlannerError("--epochs must be a positive number")
     tokens = dataset_tokens if dataset_tokens is not None else (dataset_samples * seq_len if dataset_samples is not None else None)
     cal = load_calibration(calibration)
+    if compare:
+        _compare(arch, spec, gpu, gpus, instances or instance, methods, cal, tokens, epochs, storage, as_json)
+        return
     if batch_size.strip().lower() == "max":
         from planner.plan import max_micro_batch
 
@@ -165,6 +179,44 @@ def plan(
         from planner.render import render_plan
 
         render_plan(result, _console())
+
+
+def _compare(arch, spec, gpu, gpus, instances, methods, cal, tokens, epochs, storage, as_json) -> None:  # type: ignore[no-untyped-def]
+    """``plan compare``: each (hardware, method) at the given micro batch and at its largest."""
+    from planner.plan import build_plan
+
+    wanted = [m.strip().lower() for m in (methods or "full,lora").split(",") if m.strip()]
+    bad = [m for m in wanted if m not in ("full", "lora", "qlora")]
+    if bad or not wanted:
+        raise PlannerError(f"--methods: unknown method {bad[0] if bad else ''!r} (choose from full, lora, qlora)")
+    hardware: list[tuple[Instance | None, Gpu, int]]
+    if instances:
+        found = [catalog.find_instance(i.strip()) for i in instances.split(",") if i.strip()]
+        hardware = [(inst, catalog.find_gpu(inst.gpu), inst.gpu_count) for inst in found]
+    else:
+        hardware = [(None, catalog.find_gpu(gpu), gpus or 1)]
+    rows = []
+    for inst, the_gpu, per_node in hardware:
+        for m in wanted:
+            try:
+                s = TrainingSpec.model_validate({**spec.model_dump(), "method": m, "gpus_per_node": per_node})
+            except ValidationError as exc:
+                raise option_error(exc) from None
+            at_b = build_plan(arch, s, the_gpu, inst, cal, storage_bytes=storage, dataset_tokens=tokens, epochs=epochs)
+            best = at_b.max_micro_batch_size
+            at_max = (
+                build_plan(arch, s.model_copy(update={"micro_batch_size": best}), the_gpu, inst, cal, dataset_tokens=tokens, epochs=epochs)
+                if best >= 1
+                else None
+            )
+            rows.append((at_b, at_max))
+    if as_json:
+        out = [{"plan": a.model_dump(mode="json"), "plan_at_max_batch": None if b is None else b.model_dump(mode="json")} for a, b in rows]
+        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+    else:
+        from planner.render import render_compare
+
+        render_compare(rows, _console())
 
 
 @app.command("list")
@@ -222,8 +274,13 @@ def run_cli(typer_app: typer.Typer, prog: str, argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: maps every input error to one line on stderr and exit code 2."""
-    return run_cli(app, "plan", argv)
+    """Console entry point: maps every input error to one line on stderr and exit code 2.
+
+    ``plan compare ...`` runs the plan options in compare mode (one set of options for both)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "compare":
+        args = [*args[1:], "--compare"]
+    return run_cli(app, "plan", args)
 
 
 if __name__ == "__main__":

@@ -207,6 +207,56 @@ def _render_time(plan: Plan, console: Console) -> None:
     console.print(tab)
 
 
+def render_compare(rows: list, console: Console) -> None:
+    """``plan compare``: one row per (hardware, method); memory at the asked micro batch, speed
+    and price at the largest micro batch that fits."""
+    from rich.table import Table
+
+    if not rows:
+        return
+    first = rows[0][0]
+    b = first.inputs.spec.micro_batch_size
+    t = Table(
+        title=f"{first.inputs.model}: memory at micro batch {b}; tokens/s, time and USD at the largest micro batch that fits "
+        f"(time coefficients: {'calibrated' if first.throughput.calibrated else 'cited defaults, not fitted'})",
+        title_justify="left",
+    )
+    for col in (
+        "hardware",
+        "method",
+        f"GiB/GPU @{b}",
+        f"fits @{b}",
+        "max micro batch",
+        "tokens/s @max",
+        "h/epoch @max",
+        "USD/epoch @max",
+        "checkpoint GiB",
+    ):
+        t.add_column(col, justify="left" if col in ("hardware", "method") else "right")
+    for at_b, at_max in rows:
+        hw = at_b.inputs.hardware
+        where = hw.instance or f"{hw.gpus_per_node}x {hw.gpu}"
+        ck = at_b.checkpoint
+        ck_bytes = ck.adapter_bytes if ck.adapter_bytes is not None else ck.model_weights_bytes
+        fits = "yes" if at_b.memory.fits else "[red]no[/red] (" + ", ".join(at_b.memory.limiting) + ")"
+        if at_max is None:
+            speed = ("—", "—", "—")
+        else:
+            tc = at_max.time_cost
+            usd = f"{tc.usd_per_epoch:,.2f}" if tc.usd_per_epoch is not None else "—"
+            speed = (f"{at_max.throughput.tokens_per_s:,.0f}", f"{tc.seconds_per_epoch / 3600:.2f}", usd)
+        t.add_row(
+            where,
+            at_b.inputs.spec.method,
+            f"{at_b.memory.per_gpu.peak_bytes / GIB:.1f}",
+            fits,
+            str(at_b.max_micro_batch_size),
+            *speed,
+            f"{ck_bytes / GIB:.2f}",
+        )
+    console.print(t)
+
+
 def render_models(models: tuple[Architecture, ...], console: Console) -> None:
     from planner.formulas.params import total_params
 

@@ -116,3 +116,36 @@ def test_batch_size_max_plans_at_the_largest_micro_batch_that_fits(capsys):
     assert not json.loads(capsys.readouterr().out)["memory"]["fits"]
     assert main([*argv[:-1], "--batch-size", "x"]) == 2
     assert "whole number or 'max'" in capsys.readouterr().err
+
+
+def test_plan_compare_full_vs_lora_on_one_node(capsys):
+    import json
+
+    from planner.cli import main
+
+    assert main(["compare", "--model", "7b", "--instance", "p4de.24xlarge", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["plan"]["inputs"]["spec"]["method"] for r in rows] == ["full", "lora"]
+    for r in rows:
+        best = r["plan"]["max_micro_batch_size"]
+        assert r["plan"]["inputs"]["spec"]["micro_batch_size"] == 8
+        assert r["plan_at_max_batch"]["inputs"]["spec"]["micro_batch_size"] == best >= 1
+        assert r["plan_at_max_batch"]["memory"]["fits"]
+    full, lora = (r["plan"]["checkpoint"] for r in rows)
+    assert lora["adapter_bytes"] < full["model_weights_bytes"] / 100
+
+
+def test_plan_compare_methods_and_instances(capsys):
+    import json
+
+    from planner.cli import main
+
+    argv = ["compare", "--model", "70b", "--methods", "lora,qlora", "--instances", "p4de.24xlarge,p5.48xlarge", "--json"]
+    assert main(argv) == 0
+    rows = json.loads(capsys.readouterr().out)
+    got = [(r["plan"]["inputs"]["hardware"]["instance"], r["plan"]["inputs"]["spec"]["method"]) for r in rows]
+    assert got == [("p4de.24xlarge", "lora"), ("p4de.24xlarge", "qlora"), ("p5.48xlarge", "lora"), ("p5.48xlarge", "qlora")]
+    assert main(["compare", "--model", "7b", "--gpu", "a10g", "--methods", "full,bogus"]) == 2
+    assert "bogus" in capsys.readouterr().err
+    assert main(["--model", "7b", "--gpu", "a10g", "--methods", "full"]) == 2
+    assert "plan compare" in capsys.readouterr().err
