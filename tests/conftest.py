@@ -52,3 +52,22 @@ def pytest_terminal_summary(terminalreporter) -> None:
     render_agreement([(label(m), compare(m)) for m in records], Console(file=buf, width=130, color_system=None))
     terminalreporter.write_sep("=", f"planner vs trace: {len(records)} committed records")
     terminalreporter.write(buf.getvalue())
+
+    from rich.table import Table
+
+    from planner.published import predicted_tokens_per_s_per_gpu, published_throughput
+
+    points = published_throughput()
+    rows = [(p, predicted_tokens_per_s_per_gpu(p)) for p in points]
+    tab = Table(title="Throughput: planner vs published (tokens/s per GPU; cited default coefficients)", title_justify="left")
+    for col in ("point", "published", "planner", "error"):
+        tab.add_column(col, justify="left" if col == "point" else "right")
+    for p, pred in rows:
+        tab.add_row(p.id, f"{p.tokens_per_s_per_gpu:,.0f}", f"{pred:,.0f}", f"{pred / p.tokens_per_s_per_gpu - 1:+.1%}")
+    import statistics
+
+    med = statistics.median(abs(pred / p.tokens_per_s_per_gpu - 1) for p, pred in rows)
+    buf = io.StringIO()
+    Console(file=buf, width=130, color_system=None).print(tab)
+    terminalreporter.write_sep("=", f"planner vs published throughput: {len(rows)} points, median |error| {med:.1%}")
+    terminalreporter.write(buf.getvalue())
