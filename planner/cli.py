@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from planner import catalog
 from planner.errors import PlannerError
 from planner.formulas.params import max_lora_rank
-from planner.schemas import Gpu, Instance
+from planner.schemas import Architecture, Gpu, Instance
 from planner.spec import DeepSpeedConfig, TrainingSpec, parse_targets
 
 app = typer.Typer(
@@ -86,9 +86,11 @@ def plan(
     ),
     epochs: float = typer.Option(1.0, "--epochs", min=0.0, help="Epochs to price (time_cost covers all of them)."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON (raw integer bytes)."),
-    compare: bool = typer.Option(False, "--compare", hidden=True, help="Set by `plan compare`."),
-    methods: str | None = typer.Option(None, "--methods", help="plan compare: comma list of methods (default full,lora)."),
-    instances: str | None = typer.Option(None, "--instances", help="plan compare: comma list of instances (instead of --instance)."),
+    mode: str = typer.Option("plan", "--mode", hidden=True, help="Set by `plan compare|sweep|cheapest`."),
+    models: str | None = typer.Option(None, "--models", hidden=True, help="plan sweep: comma list of models (--model in sweep)."),
+    methods: str | None = typer.Option(None, "--methods", help="plan compare/sweep: comma list of methods (default full,lora)."),
+    instances: str | None = typer.Option(None, "--instances", help="plan compare/sweep: comma list of instances (--instance in sweep)."),
+    max_nodes: int = typer.Option(1, "--max-nodes", min=1, max=64, help="plan cheapest: try 1..N nodes of each instance."),
 ) -> None:
     """Plan memory per GPU and per node, the largest micro batch that fits, and checkpoint sizes.
 
@@ -96,6 +98,51 @@ def plan(
     """
     if ctx.invoked_subcommand is not None:
         return
+    compare = mode == "compare"
+    fields = {
+        "precision": precision,
+        "optimizer": optimizer,
+        "seq_len": seq_len,
+        "grad_accum": grad_accum,
+        "grad_ckpt": grad_ckpt,
+        "attention": attention,
+        "padding_mask": padding_mask,
+        "zero_stage": zero,
+        "sharding": sharding,
+        "offload": offload,
+        "nodes": nodes,
+        "lora_rank": lora_rank,
+        "lora_alpha": lora_alpha,
+        "lora_dropout": lora_dropout,
+        "lora_targets": parse_targets(lora_targets),
+        "modules_to_save": parse_targets(modules_to_save),
+        "added_tokens": added_tokens,
+        "adapter_dtype": adapter_dtype,
+        "save_embedding_layers": save_embedding_layers,
+        "qlora_double_quant": double_quant,
+    }
+    if not math.isfinite(epochs) or epochs <= 0:
+        raise PlannerError("--epochs must be a positive number")
+    if dataset_tokens is not None and dataset_samples is not None:
+        raise PlannerError("give --dataset-tokens or --dataset-samples, not both")
+    if mode in ("sweep", "cheapest"):
+        from planner import explore
+
+        job = explore.Job(
+            fields=fields,
+            batch=batch_size,
+            dataset_tokens=dataset_tokens,
+            dataset_samples=dataset_samples,
+            epochs=epochs,
+            calibration=calibration,
+        )
+        if mode == "sweep":
+            explore.run_sweep(job, models or model, methods, instances, gpu, gpus, as_json, _console)
+        else:
+            explore.run_cheapest(job, model, method, max_nodes, as_json, _console)
+        return
+    if models or max_nodes != 1:
+        raise PlannerError("--models goes with `plan sweep`, --max-nodes with `plan cheapest`")
     if model is None:
         raise PlannerError("missing --model (e.g. --model 70b); see `plan --help`")
     from planner.calibration import load_calibration
@@ -103,7 +150,7 @@ def plan(
 
     arch = catalog.find_model(model)
     if (methods or instances) and not compare:
-        raise PlannerError("--methods and --instances go with `plan compare`")
+        raise PlannerError("--methods and --instances go with `plan compare` or `plan sweep`")
     if compare and instances:
         if instance or gpu:
             raise PlannerError("give --instances or --instance/--gpu, not both")
@@ -120,49 +167,11 @@ def plan(
     else:
         raise PlannerError("missing hardware: give --instance NAME or --gpu NAME [--gpus N]")
 
-    targets = parse_targets(lora_targets)
-    try:
-        spec = TrainingSpec(
-            method=method,
-            precision=precision,
-            optimizer=optimizer,
-            micro_batch_size=1 if batch_size.strip().lower() == "max" else _positive_int(batch_size, "--batch-size"),
-            seq_len=seq_len,
-            grad_accum=grad_accum,
-            grad_ckpt=grad_ckpt,
-            attention=attention,
-            padding_mask=padding_mask,
-            zero_stage=zero,
-            sharding=sharding,
-            offload=offload,
-            gpus_per_node=per_node,
-            nodes=nodes,
-            lora_rank=lora_rank,
-            lora_alpha=lora_alpha,
-            lora_dropout=lora_dropout,
-            lora_targets=targets,
-            modules_to_save=parse_targets(modules_to_save),
-            added_tokens=added_tokens,
-            adapter_dtype=adapter_dtype,
-            save_embedding_layers=save_embedding_layers,
-            qlora_double_quant=double_quant,
-            deepspeed=DeepSpeedConfig(),
-        )
-    except ValidationError as exc:
-        raise option_error(exc) from None
-    if spec.method != "full":
-        limit = max_lora_rank(arch, spec.lora_targets)
-        if spec.lora_rank > limit:
-            raise PlannerError(
-                f"--lora-rank {spec.lora_rank} is larger than the smallest targeted layer dimension ({limit}) of {arch.name}"
-            )
+    b = 1 if batch_size.strip().lower() == "max" else positive_int(batch_size, "--batch-size")
+    spec = make_spec(arch, fields, method, per_node, b)
     if storage_gb is not None and not math.isfinite(storage_gb):
         raise PlannerError("--storage-gb must be a finite number of GB")
     storage = None if storage_gb is None else int(storage_gb * 10**9)
-    if dataset_tokens is not None and dataset_samples is not None:
-        raise PlannerError("give --dataset-tokens or --dataset-samples, not both")
-    if not math.isfinite(epochs) or epochs <= 0:
-        raise PlannerError("--epochs must be a positive number")
     tokens = dataset_tokens if dataset_tokens is not None else (dataset_samples * seq_len if dataset_samples is not None else None)
     cal = load_calibration(calibration)
     if compare:
@@ -233,7 +242,24 @@ def list_catalog(what: Literal["models", "gpus", "instances"] = typer.Argument(.
         render.render_instances(catalog.instances(), console)
 
 
-def _positive_int(text: str, option: str) -> int:
+def make_spec(arch: Architecture, fields: dict, method: str, per_node: int, micro_batch: int) -> TrainingSpec:
+    """A validated spec from the shared option fields; bad input becomes one PlannerError."""
+    try:
+        spec = TrainingSpec.model_validate(
+            {**fields, "method": method, "gpus_per_node": per_node, "micro_batch_size": micro_batch, "deepspeed": DeepSpeedConfig()}
+        )
+    except ValidationError as exc:
+        raise option_error(exc) from None
+    if spec.method != "full":
+        limit = max_lora_rank(arch, spec.lora_targets)
+        if spec.lora_rank > limit:
+            raise PlannerError(
+                f"--lora-rank {spec.lora_rank} is larger than the smallest targeted layer dimension ({limit}) of {arch.name}"
+            )
+    return spec
+
+
+def positive_int(text: str, option: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -278,8 +304,12 @@ def main(argv: list[str] | None = None) -> int:
 
     ``plan compare ...`` runs the plan options in compare mode (one set of options for both)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] == "compare":
-        args = [*args[1:], "--compare"]
+    if args and args[0] in ("compare", "sweep", "cheapest"):
+        sub, args = args[0], args[1:]
+        if sub == "sweep":  # sweep takes lists where plan takes one value
+            names = {"--model": "--models", "-m": "--models", "--method": "--methods", "--instance": "--instances", "-i": "--instances"}
+            args = [names.get(a, a) for a in args]
+        args = [*args, "--mode", sub]
     return run_cli(app, "plan", args)
 
 

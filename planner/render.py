@@ -257,6 +257,50 @@ def render_compare(rows: list, console: Console) -> None:
     console.print(t)
 
 
+def render_rows(rows: list, console: Console, kind: str, limit: int = 40) -> None:
+    """``plan sweep`` / ``plan cheapest``: one row per plan, cheapest first, infeasible marked."""
+    from rich.table import Table
+
+    shown = rows[:limit]
+    calibrated = next((r.plan.throughput.calibrated for r in rows if r.plan is not None), False)
+    title = "Sweep" if kind == "sweep" else "Cheapest setups that fit"
+    t = Table(
+        title=f"{title}, by USD per epoch ({'calibrated' if calibrated else 'time from cited defaults, not fitted'})",
+        title_justify="left",
+    )
+    for col in ("model", "method", "hardware", "nodes", "micro batch", "GiB/GPU", "tokens/s", "h/epoch", "USD/epoch", "fits"):
+        t.add_column(col, justify="left" if col in ("model", "method", "hardware", "fits") else "right")
+    for r in shown:
+        p = r.plan
+        if p is None:
+            t.add_row(r.model, r.method, r.hardware, str(r.nodes), "—", "—", "—", "—", "—", f"[red]no[/red]: {r.reason}")
+            continue
+        tc = p.time_cost
+        usd = f"{tc.usd_per_epoch:,.2f}" if tc.usd_per_epoch is not None else "—"
+        fits = "yes" if p.memory.fits else f"[red]no[/red]: {r.reason}"
+        t.add_row(
+            r.model,
+            r.method,
+            r.hardware,
+            str(r.nodes),
+            str(r.micro_batch),
+            f"{p.memory.per_gpu.peak_bytes / GIB:.1f}",
+            f"{p.throughput.tokens_per_s:,.0f}",
+            f"{tc.seconds_per_epoch / 3600:.2f}",
+            usd,
+            fits,
+        )
+    console.print(t)
+    if len(rows) > limit:
+        console.print(f"[dim]{len(rows) - limit} more rows: use --json for all[/]")
+    if kind == "cheapest" and rows and rows[0].usd_per_epoch is not None:
+        best = rows[0]
+        console.print(
+            f"Cheapest: {best.hardware} x{best.nodes} node(s), micro batch {best.micro_batch}: "
+            f"USD {best.usd_per_epoch:,.2f} per epoch, {best.plan.time_cost.seconds_per_epoch / 3600:.2f} h."
+        )
+
+
 def render_models(models: tuple[Architecture, ...], console: Console) -> None:
     from planner.formulas.params import total_params
 

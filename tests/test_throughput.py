@@ -149,3 +149,44 @@ def test_plan_compare_methods_and_instances(capsys):
     assert "bogus" in capsys.readouterr().err
     assert main(["--model", "7b", "--gpu", "a10g", "--methods", "full"]) == 2
     assert "plan compare" in capsys.readouterr().err
+
+
+def test_plan_sweep_ranks_by_dollars_and_marks_what_does_not_fit(capsys):
+    import json
+
+    from planner.cli import main
+
+    argv = ["sweep", "--model", "7b,70b", "--method", "full,lora", "--instance", "p4de.24xlarge,g5.48xlarge", "--json"]
+    assert main(argv) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 2 * 2 * 2
+    fitting = [r for r in rows if r["fits"]]
+    costs = [r["usd_per_epoch"] for r in fitting]
+    assert costs == sorted(costs) and rows[: len(fitting)] == fitting  # cheapest first, infeasible last
+    full70 = next(r for r in rows if r["model"] == "llama-2-70b" and r["method"] == "full" and r["hardware"] == "p4de.24xlarge")
+    assert not full70["fits"] and "host RAM" in full70["reason"]
+
+
+def test_plan_sweep_batch_list_with_max(capsys):
+    import json
+
+    from planner.cli import main
+
+    assert main(["sweep", "--model", "7b", "--method", "lora", "--gpu", "a10g", "--batch-size", "1,4,max", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    batches = sorted(r["micro_batch_size"] for r in rows)
+    assert batches[:2] == [1, 4] and batches[2] == rows[0]["max_micro_batch_size"] > 4
+    assert all(r["usd_per_epoch"] is None for r in rows)  # no instance, no price
+
+
+def test_plan_cheapest_picks_the_lowest_cost_that_fits(capsys):
+    import json
+
+    from planner.cli import main
+
+    assert main(["cheapest", "--model", "70b", "--method", "lora", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    best, cands = out["cheapest"], out["candidates"]
+    assert best["fits"] and best["usd_per_epoch"] == min(c["usd_per_epoch"] for c in cands if c["fits"])
+    assert main(["cheapest", "--model", "70b", "--method", "full", "--offload", "none"]) == 2
+    assert "no catalog instance" in capsys.readouterr().err

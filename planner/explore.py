@@ -1,0 +1,180 @@
+"""``plan sweep`` and ``plan cheapest``: many plans at once, ranked by dollars per epoch."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from planner import catalog
+from planner.calibration import load_calibration
+from planner.errors import PlannerError
+from planner.plan import Plan, build_plan, max_micro_batch
+from planner.schemas import Gpu, Instance
+
+METHODS = ("full", "lora", "qlora")
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every plan of a sweep shares: the spec fields, the micro batch(es), the dataset."""
+
+    fields: dict[str, Any]
+    batch: str
+    dataset_tokens: int | None
+    dataset_samples: int | None
+    epochs: float
+    calibration: str
+
+    def tokens(self) -> int | None:
+        if self.dataset_tokens is not None:
+            return self.dataset_tokens
+        return None if self.dataset_samples is None else self.dataset_samples * int(self.fields["seq_len"])
+
+
+@dataclass(frozen=True)
+class Row:
+    model: str
+    method: str
+    hardware: str
+    nodes: int
+    micro_batch: int | None  # None: not even micro batch 1 fits
+    plan: Plan | None
+
+    @property
+    def usd_per_epoch(self) -> float | None:
+        return None if self.plan is None or not self.plan.memory.fits else self.plan.time_cost.usd_per_epoch
+
+    @property
+    def reason(self) -> str:
+        if self.plan is None:
+            return "micro batch 1 does not fit on the GPU"
+        if not self.plan.memory.fits:
+            return "runs out of " + " and ".join("GPU memory" if x == "gpu" else "host RAM" for x in self.plan.memory.limiting)
+        return ""
+
+    def as_dict(self) -> dict[str, Any]:
+        p = self.plan
+        return {
+            "model": self.model,
+            "method": self.method,
+            "hardware": self.hardware,
+            "nodes": self.nodes,
+            "micro_batch_size": self.micro_batch,
+            "fits": bool(p and p.memory.fits),
+            "reason": self.reason or None,
+            "peak_bytes_per_gpu": p.memory.per_gpu.peak_bytes if p else None,
+            "tokens_per_s": p.throughput.tokens_per_s if p else None,
+            "seconds_per_epoch": p.time_cost.seconds_per_epoch if p else None,
+            "usd_per_epoch": p.time_cost.usd_per_epoch if p else None,
+            "usd_per_hour": p.time_cost.usd_per_hour if p else None,
+            "max_micro_batch_size": p.max_micro_batch_size if p else 0,
+        }
+
+
+def _split(text: str | None, default: str, everything: tuple[str, ...], what: str) -> list[str]:
+    words = [w.strip() for w in (text or default).split(",") if w.strip()]
+    if words == ["all"]:
+        return list(everything)
+    if not words:
+        raise PlannerError(f"empty list of {what}")
+    return words
+
+
+def batches(text: str) -> list[str]:
+    """``8``, ``1,8,max``; each a positive whole number or ``max``."""
+    out = [w.strip().lower() for w in text.split(",") if w.strip()]
+    for w in out:
+        if w != "max" and not (w.isdigit() and int(w) >= 1):
+            raise PlannerError(f"--batch-size: {w!r} is neither a whole number >= 1 nor 'max'")
+    if not out:
+        raise PlannerError("--batch-size: empty list")
+    return out
+
+
+def plan_rows(job: Job, model: str, method: str, gpu: Gpu, inst: Instance | None, per_node: int, nodes: int) -> list[Row]:
+    from planner.cli import make_spec
+
+    if method not in METHODS:
+        raise PlannerError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
+    arch = catalog.find_model(model)
+    cal = load_calibration(job.calibration)
+    hardware = inst.id if inst else f"{per_node}x {gpu.id}"
+    fields = {**job.fields, "nodes": nodes}
+    rows = []
+    for b in batches(job.batch):
+        spec = make_spec(arch, fields, method, per_node, 1 if b == "max" else int(b))
+        if b == "max":
+            best = max_micro_batch(arch, spec, gpu, cal)
+            if best == 0:
+                rows.append(Row(arch.name, method, hardware, nodes, None, None))
+                continue
+            spec = spec.model_copy(update={"micro_batch_size": best})
+        p = build_plan(arch, spec, gpu, inst, cal, dataset_tokens=job.tokens(), epochs=job.epochs)
+        rows.append(Row(arch.name, method, hardware, nodes, spec.micro_batch_size, p))
+    return rows
+
+
+def _rank(rows: list[Row]) -> list[Row]:
+    return sorted(rows, key=lambda r: (r.usd_per_epoch is None, r.usd_per_epoch or 0.0, r.plan is None))
+
+
+def run_sweep(
+    job: Job,
+    models: str | None,
+    methods: str | None,
+    instances: str | None,
+    gpu: str | None,
+    gpus: int | None,
+    as_json: bool,
+    console: Callable[[], Any],
+) -> None:
+    if not models:
+        raise PlannerError("missing --model (a comma list, or all)")
+    names = _split(models, "", tuple(a.name for a in catalog.architectures()), "models")
+    wanted = _split(methods, "full,lora", METHODS, "methods")
+    hardware: list[tuple[Gpu, Instance | None, int]]
+    if instances:
+        priced = tuple(i.id for i in catalog.instances() if i.usd_per_hour is not None)
+        found = [catalog.find_instance(i) for i in _split(instances, "", priced, "instances")]
+        hardware = [(catalog.find_gpu(i.gpu), i, i.gpu_count) for i in found]
+    elif gpu:
+        hardware = [(catalog.find_gpu(gpu), None, gpus or 1)]
+    else:
+        raise PlannerError("missing hardware: give --instance A,B (or all) or --gpu NAME [--gpus N]")
+    nodes = int(job.fields["nodes"])
+    rows = [r for m in names for meth in wanted for g, inst, n in hardware for r in plan_rows(job, m, meth, g, inst, n, nodes)]
+    _emit(_rank(rows), as_json, console, "sweep")
+
+
+def run_cheapest(job: Job, model: str | None, method: str, max_nodes: int, as_json: bool, console: Callable[[], Any]) -> None:
+    """Every priced catalog instance at 1..max_nodes nodes; the cheapest that fits wins."""
+    if not model:
+        raise PlannerError("missing --model (e.g. --model 70b)")
+    rows = []
+    for inst in catalog.instances():
+        if inst.usd_per_hour is None:
+            continue
+        g = catalog.find_gpu(inst.gpu)
+        if str(job.fields["precision"]) in ("bf16-mixed", "amp-bf16", "bf16") and "bf16" not in g.peak_flops_per_s:
+            continue  # no bf16 on this GPU (V100, T4): not a candidate for a bf16 job
+        for n in range(1, max_nodes + 1):
+            rows.extend(plan_rows(job, model, method, g, inst, inst.gpu_count, n))
+    ranked = _rank(rows)
+    if not ranked or ranked[0].usd_per_epoch is None:
+        raise PlannerError(f"no catalog instance (up to {max_nodes} node(s)) fits this job; try --max-nodes, --offload or QLoRA")
+    _emit(ranked, as_json, console, "cheapest")
+
+
+def _emit(rows: list[Row], as_json: bool, console: Callable[[], Any], kind: str) -> None:
+    if as_json:
+        out: Any = [r.as_dict() for r in rows]
+        if kind == "cheapest":
+            out = {"cheapest": rows[0].as_dict(), "candidates": out}
+        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+        return
+    from planner.render import render_rows
+
+    render_rows(rows, console(), kind)
