@@ -44,3 +44,31 @@ def test_bench_cli_start_up(benchmark):
         ).returncode
 
     assert benchmark.pedantic(run, rounds=3, iterations=1) == 0
+
+
+def test_bench_memory_and_time_of_1000_configurations(benchmark):
+    """The inner loop of a sweep: memory per GPU and step time for 1,000 (model, method,
+    instance, micro batch) configurations, without building Plan objects. Issue 4's target is
+    10,000 configurations per second; see the README for the measured rate."""
+    from planner.calibration import load_calibration
+    from planner.memory import gpu_memory, param_counts
+    from planner.timing import step_timing
+
+    cal = load_calibration()
+    insts = [find_instance(n) for n in ("p4de.24xlarge", "p5.48xlarge", "g5.48xlarge", "g6e.48xlarge")]
+    archs = [find_model(m) for m in ("7b", "13b", "70b", "llama-3.1-8b", "qwen2.5-7b")]
+    configs = [
+        (arch, TrainingSpec(method=method, gpus_per_node=inst.gpu_count, micro_batch_size=b), find_gpu(inst.gpu), inst)
+        for arch in archs
+        for method in ("full", "lora")
+        for inst in insts
+        for b in range(1, 26)
+    ]
+
+    def sweep() -> int:
+        for arch, spec, gpu, inst in configs:
+            gpu_memory(arch, spec, cal)
+            step_timing(arch, spec, param_counts(arch, spec), gpu, inst, cal)
+        return len(configs)
+
+    assert benchmark.pedantic(sweep, rounds=3, iterations=1) == 1000
