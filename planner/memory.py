@@ -10,7 +10,9 @@ offloaded, and the spikes of loading the model and of saving a checkpoint.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from planner.calibration import Calibration
 from planner.formulas import activations as act
@@ -35,6 +37,7 @@ from planner.formulas.zero import (
 from planner.schemas import Architecture
 from planner.spec import LAYER_LINEARS, TrainingSpec
 
+T = TypeVar("T")
 CATEGORIES = ("parameters", "gradients", "optimizer_states", "activations", "temporaries")
 GPU_PHASES = ("forward", "backward", "optimizer_step", "checkpoint_save")
 HOST_PHASES = ("model_load", "train", "checkpoint_save")
@@ -116,7 +119,30 @@ def dtypes(spec: TrainingSpec) -> Dtypes:
     return PRECISIONS[spec.precision]
 
 
+_MEMO: dict[tuple[int, TrainingSpec, str], tuple[Architecture, Any]] = {}
+
+
+def per_setup(arch: Architecture, spec: TrainingSpec, what: str, compute: Callable[[], T]) -> T:
+    """Memoise a quantity that does not depend on the micro batch, sequence or accumulation:
+    sweeps ask for the same model and setup at many micro batches. The entry keeps the
+    architecture it was computed for (ids are only compared while it lives)."""
+    key = (id(arch), spec.model_copy(update={"micro_batch_size": 1, "seq_len": 1, "grad_accum": 1}), what)
+    hit = _MEMO.get(key)
+    if hit is not None and hit[0] is arch:
+        return hit[1]  # type: ignore[no-any-return]
+    if len(_MEMO) > 8192:
+        _MEMO.clear()
+    value = compute()
+    _MEMO[key] = (arch, value)
+    return value
+
+
 def param_counts(arch: Architecture, spec: TrainingSpec) -> ParamCounts:
+    """Parameter counts and byte sizes (memoised per model and setup)."""
+    return per_setup(arch, spec, "param_counts", lambda: _param_counts(arch, spec))
+
+
+def _param_counts(arch: Architecture, spec: TrainingSpec) -> ParamCounts:
     dt = dtypes(spec)
     added = spec.added_tokens
     base = prm.total_params(arch, added)
@@ -244,13 +270,28 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
     # -- activations.
     layer = act.layer_inventory(arch, spec, dt)
     layer_bytes = act.total(layer)
-    staged = [(x, act.stage_of(x)) for x in layer]
+    # Saved bytes by stage (index -1: held to the layer's end) and their running sums, so a
+    # moment's "saved before stage k" is one lookup.
+    by_stage = [0] * (len(act.LAYER_STAGES) + 1)
+    stage_of_item = {}
+    for x in layer:
+        st = act.stage_of(x)
+        stage_of_item[x.name] = (st, x.bytes)
+        by_stage[st] += x.bytes  # st == -1 lands in the last slot
+    before = [0]
+    for st in range(len(act.LAYER_STAGES)):
+        before.append(before[-1] + by_stage[st])
 
     def saved_before(freed_from: int, also_freed: tuple[str, ...] = ()) -> int:
         """This layer's saved bytes while stages from ``freed_from`` on are not (yet / any more) held."""
-        return sum(x.bytes for x, st in staged if not 0 <= freed_from <= st and x.name not in also_freed)
+        kept = by_stage[-1] + (before[freed_from] if freed_from >= 0 else before[-1])
+        for name in also_freed:
+            st, nbytes = stage_of_item.get(name, (len(act.LAYER_STAGES), 0))
+            if 0 <= st < (freed_from if freed_from >= 0 else len(act.LAYER_STAGES)):
+                kept -= nbytes
+        return kept
 
-    stage_grads = {st: _layer_grad_bytes(arch, spec, (st,)) for st in act.LAYER_STAGES}
+    stage_grads = per_setup(arch, spec, "stage_grads", lambda: {st: _layer_grad_bytes(arch, spec, (st,)) for st in act.LAYER_STAGES})
     model_items = act.model_level_saved(arch, spec, dt)
     model_bytes = act.total(model_items)
     ckpt_in = act.layer_checkpoint_input(arch, spec, dt).bytes

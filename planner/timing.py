@@ -24,8 +24,8 @@ from planner.calibration import Calibration
 from planner.formulas import params as prm
 from planner.formulas import throughput as tp
 from planner.formulas.dtypes import adapter_bytes_per_elem
-from planner.formulas.flops import step_flops
-from planner.memory import ParamCounts, dtypes
+from planner.formulas.flops import StepFlops, step_flops
+from planner.memory import ParamCounts, dtypes, per_setup
 from planner.schemas import Architecture, Gpu, Instance
 from planner.spec import TrainingSpec
 
@@ -87,14 +87,20 @@ def step_timing(arch: Architecture, spec: TrainingSpec, pc: ParamCounts, gpu: Gp
     n, zero = spec.world_size, spec.zero_stage
     tokens = spec.tokens_per_micro_batch
     peak = peak_flops(gpu, spec)
-    flops = step_flops(arch, spec)
+    # Every FLOP term is proportional to the micro batch (tokens b*s, scores b*a*s^2): count
+    # once per setup at micro batch 1 and scale.
+    one = spec.model_copy(update={"micro_batch_size": 1})
+    b = spec.micro_batch_size
+    f1 = per_setup(arch, spec, f"flops@{spec.seq_len}", lambda: step_flops(arch, one))
+    flops = StepFlops(forward=f1.forward * b, backward=f1.backward * b)
     eff = tp.compute_efficiency(tokens, cal.value("compute_efficiency_max"), cal.value("compute_tokens_half"))
     compute = flops.total / (peak * eff)
     hbm = gpu.hbm_bandwidth_bytes_per_s * cal.value("hbm_efficiency")
     if spec.method != "full":
         lin = prm.layer_linears(arch)
-        shapes = [(lin[t].in_features, lin[t].out_features) for t in spec.lora_targets if t in lin] * arch.num_hidden_layers
-        lora_bytes = tp.lora_elementwise_bytes(tokens, shapes, dt.act, adapter_bytes_per_elem(spec), spec.lora_dropout > 0, spec.grad_ckpt)
+        shapes = [(lin[t].in_features, lin[t].out_features) for t in spec.lora_targets if t in lin]  # one layer
+        per_layer = tp.lora_elementwise_bytes(tokens, shapes, dt.act, adapter_bytes_per_elem(spec), spec.lora_dropout > 0, spec.grad_ckpt)
+        lora_bytes = per_layer * arch.num_hidden_layers
         compute += lora_bytes / hbm
     if spec.method == "qlora":
         # bitsandbytes dequantizes each NF4 weight to 16 bit for every matmul that uses it:
@@ -115,7 +121,8 @@ def step_timing(arch: Architecture, spec: TrainingSpec, pc: ParamCounts, gpu: Gp
         per_elem = tp.adam_bytes_per_element(dt.weight, dt.grad, dt.master, dt.state) if spec.optimizer == "adamw" else 2 * dt.weight
         offload_step, optimizer = 0.0, tp.gpu_adam_seconds(local, per_elem, gpu.hbm_bandwidth_bytes_per_s, cal.value("hbm_efficiency"))
     accum = spec.grad_accum
-    model_flops = step_flops(arch, spec.model_copy(update={"grad_ckpt": False})).total * accum
+    no_ckpt = one.model_copy(update={"grad_ckpt": False})
+    model_flops = per_setup(arch, no_ckpt, f"flops@{spec.seq_len}", lambda: step_flops(arch, no_ckpt)).total * b * accum
     return Timing(
         compute_s=accum * compute,
         communication_s=accum * comm_micro + per_step / link,

@@ -93,6 +93,7 @@ CASES += [(name, term, f) for name, term in MINOR_TERMS.items() for f in (1.5, 0
 
 @pytest.mark.parametrize("name, term, factor", CASES, ids=[f"{n} {f - 1:+.0%}" for n, _, f in CASES])
 def test_agreement_fails_when_a_planner_term_is_off(name, term, factor, monkeypatch):
+    monkeypatch.setattr(memory, "_MEMO", {})  # no per-setup values cached before the perturbation
     module, attr = term
     original = getattr(module, attr)
     monkeypatch.setattr(module, attr, lambda *a, **k: _scaled(original(*a, **k), factor))

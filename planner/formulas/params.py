@@ -31,9 +31,17 @@ class LinearShape:
         return self.weight_numel + (self.out_features if self.bias else 0)
 
 
+_LINEARS: dict[int, tuple[Architecture, dict[str, LinearShape]]] = {}
+
+
 def layer_linears(arch: Architecture) -> dict[str, LinearShape]:
     """The seven projections of one decoder layer: name -> (in, out, bias). Shared: do not mutate."""
-    return _layer_linears(
+    hit = _LINEARS.get(id(arch))
+    if hit is not None and hit[0] is arch:
+        return hit[1]
+    if len(_LINEARS) > 1024:
+        _LINEARS.clear()
+    shapes = _layer_linears(
         arch.hidden_size,
         arch.intermediate_size,
         arch.num_attention_heads,
@@ -41,6 +49,8 @@ def layer_linears(arch: Architecture) -> dict[str, LinearShape]:
         arch.head_size,
         (arch.qkv_bias, arch.o_bias, arch.mlp_bias),
     )
+    _LINEARS[id(arch)] = (arch, shapes)
+    return shapes
 
 
 @lru_cache(maxsize=256)
