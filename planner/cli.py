@@ -24,7 +24,12 @@ app = typer.Typer(
     invoke_without_command=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
-    help="Plan the memory (and later time and cost) of fine-tuning an LLM before renting GPUs.",
+    help=(
+        "Plan the memory, time and cost of fine-tuning an LLM before renting GPUs. "
+        "With the same options: `plan compare` (--methods, --instances side by side), "
+        "`plan sweep` (comma lists or all for --model/--method/--instance/--batch-size), "
+        "`plan cheapest` (every priced instance, up to --max-nodes), `plan list models|gpus|instances`."
+    ),
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -92,9 +97,13 @@ def plan(
     instances: str | None = typer.Option(None, "--instances", help="plan compare/sweep: comma list of instances (--instance in sweep)."),
     max_nodes: int = typer.Option(1, "--max-nodes", min=1, max=64, help="plan cheapest: try 1..N nodes of each instance."),
 ) -> None:
-    """Plan memory per GPU and per node, the largest micro batch that fits, and checkpoint sizes.
+    """Plan memory per GPU and per node, the largest micro batch that fits, checkpoint sizes,
+    and (estimated) tokens/s, time and dollars per epoch.
 
-    Subcommand: `plan list models|gpus|instances`.
+    Also, with the same options: `plan compare` (methods/instances side by side: --methods,
+    --instances), `plan sweep` (comma lists or all for --model, --method, --instance,
+    --batch-size), `plan cheapest` (every priced instance, up to --max-nodes), and
+    `plan list models|gpus|instances`.
     """
     if ctx.invoked_subcommand is not None:
         return
