@@ -89,7 +89,7 @@ def plan(
     dataset_samples: int | None = typer.Option(
         None, "--dataset-samples", min=1, help="Samples per epoch, each padded to --seq-len (default 7473: GSM8K train, the seed's)."
     ),
-    epochs: float = typer.Option(1.0, "--epochs", min=0.0, help="Epochs to price (time_cost covers all of them)."),
+    epochs: float = typer.Option(1.0, "--epochs", help="Epochs to price (time_cost covers all of them)."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON (raw integer bytes)."),
     mode: str = typer.Option("plan", "--mode", hidden=True, help="Set by `plan compare|sweep|cheapest`."),
     models: str | None = typer.Option(None, "--models", hidden=True, help="plan sweep: comma list of models (--model in sweep)."),
@@ -130,8 +130,8 @@ def plan(
         "save_embedding_layers": save_embedding_layers,
         "qlora_double_quant": double_quant,
     }
-    if not math.isfinite(epochs) or epochs <= 0:
-        raise PlannerError("--epochs must be a positive number")
+    if not math.isfinite(epochs) or not 0 < epochs <= 1e6:
+        raise PlannerError(f"--epochs must be a number above 0 and at most 1e6 (got {epochs})")
     if dataset_tokens is not None and dataset_samples is not None:
         raise PlannerError("give --dataset-tokens or --dataset-samples, not both")
     if mode in ("sweep", "cheapest"):
@@ -145,10 +145,14 @@ def plan(
             epochs=epochs,
             calibration=calibration,
         )
+        if instances and gpu:
+            raise PlannerError("give --instance (a list in sweep) or --gpu, not both")
         if mode == "sweep":
             explore.run_sweep(job, models or model, methods, instances, gpu, gpus, as_json, _console)
         else:
-            explore.run_cheapest(job, model, method, max_nodes, as_json, _console)
+            if instance or instances:
+                raise PlannerError("`plan cheapest` searches every catalog instance; drop --instance (use --gpu to keep one GPU type)")
+            explore.run_cheapest(job, model, method, max_nodes, as_json, _console, gpu=gpu)
         return
     if models or max_nodes != 1:
         raise PlannerError("--models goes with `plan sweep`, --max-nodes with `plan cheapest`")

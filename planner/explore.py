@@ -149,13 +149,17 @@ def run_sweep(
     _emit(_rank(rows), as_json, console, "sweep")
 
 
-def run_cheapest(job: Job, model: str | None, method: str, max_nodes: int, as_json: bool, console: Callable[[], Any]) -> None:
-    """Every priced catalog instance at 1..max_nodes nodes; the cheapest that fits wins."""
+def run_cheapest(
+    job: Job, model: str | None, method: str, max_nodes: int, as_json: bool, console: Callable[[], Any], gpu: str | None = None
+) -> None:
+    """Every priced catalog instance (with ``gpu``: of that GPU) at 1..max_nodes nodes; the
+    cheapest that fits wins."""
     if not model:
         raise PlannerError("missing --model (e.g. --model 70b)")
+    only = catalog.find_gpu(gpu).id if gpu else None
     rows = []
     for inst in catalog.instances():
-        if inst.usd_per_hour is None:
+        if inst.usd_per_hour is None or (only is not None and inst.gpu != only):
             continue
         g = catalog.find_gpu(inst.gpu)
         if str(job.fields["precision"]) in ("bf16-mixed", "amp-bf16", "bf16") and "bf16" not in g.peak_flops_per_s:

@@ -215,6 +215,8 @@ def _warnings(arch: Architecture, spec: TrainingSpec, gpu: Gpu, instance: Instan
         out.append(f"flash-attention 2 needs an Ampere or newer GPU; {gpu.name} is older")
     if arch.max_position_embeddings and spec.seq_len > arch.max_position_embeddings:
         out.append(f"--seq-len {spec.seq_len} exceeds the model's max_position_embeddings ({arch.max_position_embeddings})")
+    if instance is None and spec.nodes > 1:
+        out.append("--nodes above 1 with --gpu: the network between nodes is unknown and not counted; give --instance for it")
     if instance is None:
         out.append("host RAM not checked: give --instance to check offloading, loading and checkpoint spikes against a real node")
     return out
@@ -368,7 +370,16 @@ def build_plan(
     t = step_timing(arch, spec, pc, gpu, instance, cal)
     tokens = dataset_tokens if dataset_tokens is not None else SEED_DATASET_SAMPLES * spec.seq_len
     tc = time_cost(t, tokens, epochs, instance.usd_per_hour if instance else None, spec.nodes)
-    time_keys = ("compute_efficiency_max", "compute_tokens_half", "nccl_bus_efficiency", "network_efficiency", "comm_overlap")
+    time_keys = (
+        "compute_efficiency_max",
+        "compute_tokens_half",
+        "nccl_bus_efficiency",
+        "network_efficiency",
+        "comm_overlap",
+        "pcie_efficiency",
+        "hbm_efficiency",
+        "cpu_adam_elements_per_s",
+    )
     throughput = Throughput(
         tokens_per_s=t.tokens_per_s,
         tokens_per_s_per_gpu=t.tokens_per_s / t.world,

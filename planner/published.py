@@ -59,6 +59,7 @@ class PublishedPoint(BaseModel):
     confidence: str
     plan_options: PlanOptions
     as_of: str
+    known_gap: str | None = Field(default=None, description="What of this run the planner knowingly does not model.")
 
 
 @cache

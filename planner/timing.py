@@ -74,11 +74,14 @@ def peak_flops(gpu: Gpu, spec: TrainingSpec) -> float:
 
 def link_bytes_per_s(spec: TrainingSpec, gpu: Gpu, instance: Instance | None, cal: Calibration) -> float:
     """Bus bandwidth a ring collective gets per GPU: the intra-node link (NVLink/NVSwitch, else
-    PCIe), and across nodes the node's network shared by its GPUs, whichever is slower."""
+    PCIe), and across nodes the node's whole network, whichever is slower. NCCL runs one ring
+    per NIC and each ring crosses a node boundary once, so the bus bandwidth across nodes is
+    about the node's network bandwidth (nccl-tests on 2 p4d nodes: 57 GB/s bus bandwidth on a
+    50 GB/s node network; shared/reference/efficiency.json nccl:inter:p4d-efa400)."""
     intra = (instance.intra_node_bandwidth_bytes_per_s if instance else None) or gpu.nvlink_bandwidth_bytes_per_s
     bw = (intra or gpu.pcie_bandwidth_bytes_per_s) * cal.value("nccl_bus_efficiency")
     if spec.nodes > 1 and instance is not None:
-        bw = min(bw, instance.network_bytes_per_s / spec.gpus_per_node * cal.value("network_efficiency"))
+        bw = min(bw, instance.network_bytes_per_s * cal.value("network_efficiency"))
     return bw
 
 
@@ -108,7 +111,7 @@ def step_timing(arch: Architecture, spec: TrainingSpec, pc: ParamCounts, gpu: Gp
         uses = 2 + (1 if spec.grad_ckpt else 0)
         compute += uses * prm.linear_weight_params(arch) * 2.5 / hbm
     link = link_bytes_per_s(spec, gpu, instance, cal)
-    per_micro, per_step = tp.zero_comm_bytes_per_gpu(zero, n, pc.weights_bytes, pc.grad_bytes_total)
+    per_micro, per_step = tp.zero_comm_bytes_per_gpu(zero, n, pc.weights_bytes, pc.trainable * dt.weight, pc.grad_bytes_total)
     comm_micro = tp.exposed_seconds(per_micro / link, compute, cal.value("comm_overlap"))
     pcie = gpu.pcie_bandwidth_bytes_per_s * cal.value("pcie_efficiency")
     offload_micro = 2 * (pc.weights_bytes // n) / pcie if spec.offload == "all" else 0.0
@@ -118,7 +121,12 @@ def step_timing(arch: Architecture, spec: TrainingSpec, pc: ParamCounts, gpu: Gp
         offload_step, optimizer = moved / pcie, host_elems / cal.value("cpu_adam_elements_per_s")
     else:
         local = -(-pc.trainable // n) if zero >= 1 else pc.trainable
-        per_elem = tp.adam_bytes_per_element(dt.weight, dt.grad, dt.master, dt.state) if spec.optimizer == "adamw" else 2 * dt.weight
+        if spec.optimizer == "adamw":
+            per_elem = tp.adam_bytes_per_element(dt.weight, dt.grad, dt.master, dt.state)
+        elif spec.optimizer == "adamw8bit":  # two uint8 moments (read+write), grad read, param read+write
+            per_elem = dt.grad + 2 * (dt.master or dt.weight) + 4 + (dt.weight if dt.master else 0)
+        else:  # SGD without momentum: read grad, read+write the parameter
+            per_elem = dt.grad + 2 * (dt.master or dt.weight) + (dt.weight if dt.master else 0)
         offload_step, optimizer = 0.0, tp.gpu_adam_seconds(local, per_elem, gpu.hbm_bandwidth_bytes_per_s, cal.value("hbm_efficiency"))
     accum = spec.grad_accum
     no_ckpt = one.model_copy(update={"grad_ckpt": False})

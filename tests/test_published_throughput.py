@@ -25,10 +25,13 @@ def test_points_are_there():
 
 
 @pytest.mark.parametrize("point", POINTS, ids=lambda p: p.id)
-def test_each_point_is_predicted(point):
-    pred = predicted_tokens_per_s_per_gpu(point)
-    assert 0 < pred < 1e6
-    assert abs(pred / point.tokens_per_s_per_gpu - 1) < 1.0  # within 2x either way: no mapping is wildly wrong
+def test_each_point_is_predicted_within_2x(point):
+    """No mapping is wildly wrong; points whose runs the planner knowingly does not model (their
+    ``known_gap``) are only required to be predicted, and stay in the median and the table."""
+    ratio = predicted_tokens_per_s_per_gpu(point) / point.tokens_per_s_per_gpu
+    assert ratio > 0
+    if point.known_gap is None:
+        assert 0.5 < ratio < 2.0
 
 
 def test_median_error_against_published_throughput():

@@ -31,23 +31,30 @@ def ring_bytes_per_gpu(buffer_bytes: int, world: int, collective: str) -> int:
     return factor * buffer_bytes * (world - 1) // world
 
 
-def zero_comm_bytes_per_gpu(zero_stage: int, world: int, param_bytes: int, grad_bytes: int) -> tuple[int, int]:
+def zero_comm_bytes_per_gpu(zero_stage: int, world: int, param_bytes: int, trainable_param_bytes: int, grad_bytes: int) -> tuple[int, int]:
     """(per micro-step, per optimizer step) collective bytes per GPU for data parallelism + ZeRO.
 
-    ZeRO paper (Rajbhandari et al. 2020, §7): stage 0-1 all-reduce the gradients (2 (n-1)/n G);
-    stage 2 reduce-scatters them ((n-1)/n G) and, like stage 1, all-gathers the updated 16-bit
-    parameters once per optimizer step ((n-1)/n W); stage 3 all-gathers the parameters in
-    forward and again in backward (the gather in backward also serves the checkpointed re-run)
-    and reduce-scatters the gradients: 2 (n-1)/n W + (n-1)/n G per micro-step.
-    ``param_bytes`` is every parameter in its 16-bit (gathered) form, frozen ones included:
-    ZeRO-3 gathers a LoRA model's whole base.
+    ZeRO paper (Rajbhandari et al. 2020, §7): plain data parallelism all-reduces the gradients
+    (2 (n-1)/n G) once per optimizer step (DDP's ``no_sync`` / DeepSpeed reduce at the
+    accumulation boundary); stage 1 reduce-scatters them instead and all-gathers the updated
+    16-bit parameters, both once per step (2 (n-1)/n in all, like data parallelism); stage 2
+    reduce-scatters every micro-step into the gradient partitions and all-gathers the updated
+    parameters once per step; stage 3 all-gathers the parameters in forward and again in
+    backward (the backward gather also serves the checkpointed re-run) and reduce-scatters the
+    gradients every micro-step: 2 (n-1)/n W + (n-1)/n G, 1.5x data parallelism.
+    ``param_bytes`` is every parameter in its 16-bit (gathered) form, frozen ones included
+    (ZeRO-3 gathers a LoRA model's whole base); stages 1-2 partition only what trains, so they
+    all-gather ``trainable_param_bytes``.
     """
+    ag_trainable = ring_bytes_per_gpu(trainable_param_bytes, world, "all_gather")
+    rs_grads = ring_bytes_per_gpu(grad_bytes, world, "reduce_scatter")
     if zero_stage == 3:
-        return 2 * ring_bytes_per_gpu(param_bytes, world, "all_gather") + ring_bytes_per_gpu(grad_bytes, world, "reduce_scatter"), 0
+        return 2 * ring_bytes_per_gpu(param_bytes, world, "all_gather") + rs_grads, 0
     if zero_stage == 2:
-        return ring_bytes_per_gpu(grad_bytes, world, "reduce_scatter"), ring_bytes_per_gpu(param_bytes, world, "all_gather")
-    per_step = ring_bytes_per_gpu(param_bytes, world, "all_gather") if zero_stage == 1 else 0
-    return ring_bytes_per_gpu(grad_bytes, world, "all_reduce"), per_step
+        return rs_grads, ag_trainable
+    if zero_stage == 1:
+        return 0, rs_grads + ag_trainable
+    return 0, ring_bytes_per_gpu(grad_bytes, world, "all_reduce")
 
 
 def exposed_seconds(busy_seconds: float, hideable_behind_seconds: float, overlap: float) -> float:
