@@ -40,12 +40,8 @@ class Calibration(BaseModel):
         return int(self.coefficients[name].value)
 
 
-REQUIRED = (
-    "cuda_context_bytes",
-    "allocator_reserve_fraction",
-    "host_process_bytes",
-    "load_shard_bytes",
-    "save_shard_bytes",
+#: Coefficients of the step-time model (planner/timing.py).
+TIME_COEFFICIENTS = (
     "compute_efficiency_max",
     "compute_tokens_half",
     "nccl_bus_efficiency",
@@ -54,6 +50,14 @@ REQUIRED = (
     "pcie_efficiency",
     "hbm_efficiency",
     "cpu_adam_elements_per_s",
+)
+REQUIRED = (
+    "cuda_context_bytes",
+    "allocator_reserve_fraction",
+    "host_process_bytes",
+    "load_shard_bytes",
+    "save_shard_bytes",
+    *TIME_COEFFICIENTS,
 )
 
 

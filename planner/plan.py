@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from planner.calibration import Calibration, load_calibration
+from planner.calibration import TIME_COEFFICIENTS, Calibration, load_calibration
 from planner.formulas import checkpoint as ckpt
 from planner.formulas.dtypes import adapter_dtype
 from planner.memory import CATEGORIES, GpuMemory, HostMemory, gpu_memory, host_memory, param_counts
@@ -370,16 +370,6 @@ def build_plan(
     t = step_timing(arch, spec, pc, gpu, instance, cal)
     tokens = dataset_tokens if dataset_tokens is not None else SEED_DATASET_SAMPLES * spec.seq_len
     tc = time_cost(t, tokens, epochs, instance.usd_per_hour if instance else None, spec.nodes)
-    time_keys = (
-        "compute_efficiency_max",
-        "compute_tokens_half",
-        "nccl_bus_efficiency",
-        "network_efficiency",
-        "comm_overlap",
-        "pcie_efficiency",
-        "hbm_efficiency",
-        "cpu_adam_elements_per_s",
-    )
     throughput = Throughput(
         tokens_per_s=t.tokens_per_s,
         tokens_per_s_per_gpu=t.tokens_per_s / t.world,
@@ -390,7 +380,7 @@ def build_plan(
             compute_s=t.compute_s, communication_s=t.communication_s, offload_s=t.offload_s, optimizer_s=t.optimizer_s
         ),
         bottleneck=t.bottleneck,  # type: ignore[arg-type]
-        calibrated=all(cal.coefficients[k].calibrated for k in time_keys),
+        calibrated=all(cal.coefficients[k].calibrated for k in TIME_COEFFICIENTS),
     )
     time_and_cost = TimeCost(**vars(tc))
     return Plan(
