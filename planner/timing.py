@@ -92,9 +92,8 @@ def step_timing(arch: Architecture, spec: TrainingSpec, pc: ParamCounts, gpu: Gp
     peak = peak_flops(gpu, spec)
     # Every FLOP term is proportional to the micro batch (tokens b*s, scores b*a*s^2): count
     # once per setup at micro batch 1 and scale.
-    one = spec.model_copy(update={"micro_batch_size": 1})
     b = spec.micro_batch_size
-    f1 = per_setup(arch, spec, f"flops@{spec.seq_len}", lambda: step_flops(arch, one))
+    f1 = per_setup(arch, spec, f"flops@{spec.seq_len}", lambda: step_flops(arch, spec.model_copy(update={"micro_batch_size": 1})))
     flops = StepFlops(forward=f1.forward * b, backward=f1.backward * b)
     eff = tp.compute_efficiency(tokens, cal.value("compute_efficiency_max"), cal.value("compute_tokens_half"))
     compute = flops.total / (peak * eff)
@@ -129,8 +128,10 @@ def step_timing(arch: Architecture, spec: TrainingSpec, pc: ParamCounts, gpu: Gp
             per_elem = dt.grad + 2 * (dt.master or dt.weight) + (dt.weight if dt.master else 0)
         offload_step, optimizer = 0.0, tp.gpu_adam_seconds(local, per_elem, gpu.hbm_bandwidth_bytes_per_s, cal.value("hbm_efficiency"))
     accum = spec.grad_accum
-    no_ckpt = one.model_copy(update={"grad_ckpt": False})
-    model_flops = per_setup(arch, no_ckpt, f"flops@{spec.seq_len}", lambda: step_flops(arch, no_ckpt)).total * b * accum
+    # MFU counts the model's FLOPs, without the checkpointed re-run
+    no_ckpt = {"micro_batch_size": 1, "grad_ckpt": False}
+    model_flops1 = per_setup(arch, spec, f"model_flops@{spec.seq_len}", lambda: step_flops(arch, spec.model_copy(update=no_ckpt)).total)
+    model_flops = model_flops1 * b * accum
     return Timing(
         compute_s=accum * compute,
         communication_s=accum * comm_micro + per_step / link,

@@ -15,6 +15,7 @@ NB: tensors below ~1 MiB (RoPE cos/sin, position ids, per-row norm statistics) a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from planner.formulas.dtypes import Dtypes, adapter_bytes_per_elem
 from planner.formulas.params import layer_linears, vocab
@@ -220,7 +221,12 @@ LAYER_STAGES = ("input_norm", "qkv", "attn", "o", "post_attention_norm", "gate_u
 
 def stage_of(item: Saved) -> int:
     """Forward position of a saved layer tensor (-1: held until the layer's backward ends)."""
-    prefix = item.name.removeprefix("layer.").split(".")[0]
+    return _stage_of_name(item.name)
+
+
+@lru_cache(maxsize=1024)
+def _stage_of_name(name: str) -> int:
+    prefix = name.removeprefix("layer.").split(".")[0]
     return LAYER_STAGES.index(prefix) if prefix in LAYER_STAGES else -1
 
 
