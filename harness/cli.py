@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import typer
-from pydantic import ValidationError
 
 from planner import catalog
-from planner.cli import option_error, run_cli
+from planner.cli import run_cli
 from planner.errors import PlannerError
-from planner.formulas.params import max_lora_rank
+from planner.inputs import make_spec
 from planner.schemas import Architecture
 from planner.spec import TrainingSpec, parse_targets
 
@@ -39,16 +38,15 @@ def _group() -> None:
     """Measure fine-tuning with the real stack and record it for the planner."""
 
 
-def trace_spec(**kw: Any) -> TrainingSpec:
-    """The spec a single-process trace measures: one GPU, no ZeRO, no offload (FSDP: world size N)."""
+def trace_spec(arch: Architecture, **kw: Any) -> TrainingSpec:
+    """The spec a trace measures: one GPU without ZeRO or offload, or with ``world_size`` > 1 one
+    FSDP2 rank; batches are unpadded (no attention mask). Validated like ``plan``'s options."""
     world = kw.pop("world_size", 1)
-    try:
-        kw.setdefault("padding_mask", False)  # a trace's batches are unpadded: no attention mask
-        if world > 1:
-            kw.setdefault("sharding", "fsdp2")
-        return TrainingSpec(zero_stage=3 if world > 1 else 0, offload="none", gpus_per_node=world, **kw)
-    except ValidationError as exc:
-        raise option_error(exc) from None
+    method, batch = kw.pop("method"), kw.pop("micro_batch_size")
+    kw.setdefault("padding_mask", False)
+    if world > 1:
+        kw.setdefault("sharding", "fsdp2")
+    return make_spec(arch, {"zero_stage": 3 if world > 1 else 0, "offload": "none", **kw}, method, world, batch)
 
 
 @app.command("trace")
@@ -79,6 +77,7 @@ def trace_cmd(
     """Trace full-size training steps on fake tensors: memory per category and phase, FLOPs."""
     arch = catalog.find_model(model)
     spec = trace_spec(
+        arch,
         method=method,
         micro_batch_size=batch_size,
         seq_len=seq_len,
@@ -124,11 +123,6 @@ def check_trace_input(arch: Architecture, spec: TrainingSpec) -> None:
     if spec.method == "full" and spec.modules_to_save:
         raise PlannerError("--modules-to-save goes with --method lora (full fine-tuning trains every module)")
     if spec.method != "full":
-        limit = max_lora_rank(arch, spec.lora_targets)
-        if spec.lora_rank > limit:
-            raise PlannerError(
-                f"--lora-rank {spec.lora_rank} is larger than the smallest targeted layer dimension ({limit}) of {arch.name}"
-            )
         if arch.tie_word_embeddings and "lm_head" in (*spec.lora_targets, *spec.modules_to_save):
             raise PlannerError(f"{arch.name} ties lm_head to embed_tokens; the trace cannot adapt or save lm_head separately")
 

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     fsdp_models = [find_model(m).name for m in args.fsdp_models.split(",") if m]
     jobs = single_gpu_grid(models) + (extra_grid() if args.extra else []) + fsdp_grid(fsdp_models)
     for n, (model, kw) in enumerate(jobs, start=1):
-        spec = trace_spec(**kw)
+        spec = trace_spec(find_model(model), **kw)
         check_trace_input(find_model(model), spec)
         path = args.out_dir / f"{model}.jsonl"
         done: list[Measurement] = read_measurements(path) if path.exists() else []

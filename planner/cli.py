@@ -11,13 +11,13 @@ import sys
 from typing import Literal
 
 import typer
-from pydantic import ValidationError
 
 from planner import catalog
 from planner.errors import PlannerError
-from planner.formulas.params import max_lora_rank
-from planner.schemas import Architecture, Gpu, Instance
-from planner.spec import DeepSpeedConfig, TrainingSpec, parse_targets
+from planner.inputs import dataset_tokens as epoch_tokens
+from planner.inputs import make_spec, positive_int
+from planner.schemas import Gpu, Instance
+from planner.spec import parse_targets
 
 app = typer.Typer(
     add_completion=False,
@@ -132,19 +132,11 @@ def plan(
     }
     if not math.isfinite(epochs) or not 0 < epochs <= 1e6:
         raise PlannerError(f"--epochs must be a number above 0 and at most 1e6 (got {epochs})")
-    if dataset_tokens is not None and dataset_samples is not None:
-        raise PlannerError("give --dataset-tokens or --dataset-samples, not both")
+    tokens = epoch_tokens(dataset_tokens, dataset_samples, seq_len)
     if mode in ("sweep", "cheapest"):
         from planner import explore
 
-        job = explore.Job(
-            fields=fields,
-            batch=batch_size,
-            dataset_tokens=dataset_tokens,
-            dataset_samples=dataset_samples,
-            epochs=epochs,
-            calibration=calibration,
-        )
+        job = explore.Job(fields=fields, batch=batch_size, dataset_tokens=tokens, epochs=epochs, calibration=calibration)
         if instances and gpu:
             raise PlannerError("give --instance (a list in sweep) or --gpu, not both")
         if mode == "sweep":
@@ -185,10 +177,9 @@ def plan(
     if storage_gb is not None and not math.isfinite(storage_gb):
         raise PlannerError("--storage-gb must be a finite number of GB")
     storage = None if storage_gb is None else int(storage_gb * 10**9)
-    tokens = dataset_tokens if dataset_tokens is not None else (dataset_samples * seq_len if dataset_samples is not None else None)
     cal = load_calibration(calibration)
     if compare:
-        _compare(arch, spec, gpu, gpus, instances or instance, methods, cal, tokens, epochs, storage, as_json)
+        _compare(arch, spec, fields, gpu, gpus, instances or instance, methods, cal, tokens, epochs, storage, as_json)
         return
     if batch_size.strip().lower() == "max":
         from planner.plan import max_micro_batch
@@ -203,7 +194,7 @@ def plan(
         render_plan(result, _console())
 
 
-def _compare(arch, spec, gpu, gpus, instances, methods, cal, tokens, epochs, storage, as_json) -> None:  # type: ignore[no-untyped-def]
+def _compare(arch, spec, fields, gpu, gpus, instances, methods, cal, tokens, epochs, storage, as_json) -> None:  # type: ignore[no-untyped-def]
     """``plan compare``: each (hardware, method) at the given micro batch and at its largest."""
     from planner.plan import build_plan
 
@@ -220,10 +211,7 @@ def _compare(arch, spec, gpu, gpus, instances, methods, cal, tokens, epochs, sto
     rows = []
     for inst, the_gpu, per_node in hardware:
         for m in wanted:
-            try:
-                s = TrainingSpec.model_validate({**spec.model_dump(), "method": m, "gpus_per_node": per_node})
-            except ValidationError as exc:
-                raise option_error(exc) from None
+            s = make_spec(arch, fields, m, per_node, spec.micro_batch_size)
             at_b = build_plan(arch, s, the_gpu, inst, cal, storage_bytes=storage, dataset_tokens=tokens, epochs=epochs)
             best = at_b.max_micro_batch_size
             at_max = (
@@ -253,41 +241,6 @@ def list_catalog(what: Literal["models", "gpus", "instances"] = typer.Argument(.
         render.render_gpus(catalog.gpus(), console)
     else:
         render.render_instances(catalog.instances(), console)
-
-
-def make_spec(arch: Architecture, fields: dict, method: str, per_node: int, micro_batch: int) -> TrainingSpec:
-    """A validated spec from the shared option fields; bad input becomes one PlannerError."""
-    try:
-        spec = TrainingSpec.model_validate(
-            {**fields, "method": method, "gpus_per_node": per_node, "micro_batch_size": micro_batch, "deepspeed": DeepSpeedConfig()}
-        )
-    except ValidationError as exc:
-        raise option_error(exc) from None
-    if spec.method != "full":
-        limit = max_lora_rank(arch, spec.lora_targets)
-        if spec.lora_rank > limit:
-            raise PlannerError(
-                f"--lora-rank {spec.lora_rank} is larger than the smallest targeted layer dimension ({limit}) of {arch.name}"
-            )
-    return spec
-
-
-def positive_int(text: str, option: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise PlannerError(f"{option} must be a whole number or 'max' (got {text!r})") from None
-    if value < 1:
-        raise PlannerError(f"{option} must be at least 1 (got {value})")
-    return value
-
-
-def option_error(exc: ValidationError) -> PlannerError:
-    """A spec validation error as the one-line message naming the option (``--lora-rank: ...``)."""
-    err = exc.errors()[0]
-    msg = err["msg"].removeprefix("Value error, ")
-    where = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else ""
-    return PlannerError(f"{where}: {msg}" if where else msg)
 
 
 def run_cli(typer_app: typer.Typer, prog: str, argv: list[str] | None) -> int:

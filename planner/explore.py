@@ -11,6 +11,7 @@ from typing import Any
 from planner import catalog
 from planner.calibration import load_calibration
 from planner.errors import PlannerError
+from planner.inputs import make_spec
 from planner.plan import Plan, build_plan, max_micro_batch
 from planner.schemas import Gpu, Instance
 
@@ -23,15 +24,9 @@ class Job:
 
     fields: dict[str, Any]
     batch: str
-    dataset_tokens: int | None
-    dataset_samples: int | None
+    dataset_tokens: int | None  # one epoch; None: the plan's default dataset
     epochs: float
     calibration: str
-
-    def tokens(self) -> int | None:
-        if self.dataset_tokens is not None:
-            return self.dataset_tokens
-        return None if self.dataset_samples is None else self.dataset_samples * int(self.fields["seq_len"])
 
 
 @dataclass(frozen=True)
@@ -95,8 +90,6 @@ def batches(text: str) -> list[str]:
 
 
 def plan_rows(job: Job, model: str, method: str, gpu: Gpu, inst: Instance | None, per_node: int, nodes: int) -> list[Row]:
-    from planner.cli import make_spec
-
     if method not in METHODS:
         raise PlannerError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
     arch = catalog.find_model(model)
@@ -112,7 +105,7 @@ def plan_rows(job: Job, model: str, method: str, gpu: Gpu, inst: Instance | None
                 rows.append(Row(arch.name, method, hardware, nodes, None, None))
                 continue
             spec = spec.model_copy(update={"micro_batch_size": best})
-        p = build_plan(arch, spec, gpu, inst, cal, dataset_tokens=job.tokens(), epochs=job.epochs)
+        p = build_plan(arch, spec, gpu, inst, cal, dataset_tokens=job.dataset_tokens, epochs=job.epochs)
         rows.append(Row(arch.name, method, hardware, nodes, spec.micro_batch_size, p))
     return rows
 

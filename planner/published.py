@@ -14,8 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from planner.calibration import Calibration, load_calibration
 from planner.catalog import data_dir, find_gpu, find_instance, find_model
+from planner.inputs import make_spec
 from planner.memory import param_counts
-from planner.spec import TrainingSpec, parse_targets
+from planner.spec import parse_targets
 from planner.timing import step_timing
 
 
@@ -75,8 +76,6 @@ def predicted_tokens_per_s_per_gpu(point: PublishedPoint, cal: Calibration | Non
     gpu = find_gpu(inst.gpu if inst else o.gpu or "")
     per_node = inst.gpu_count if inst else (o.gpus_per_node or 1)
     fields: dict[str, object] = {
-        "method": o.method,
-        "micro_batch_size": o.batch_size,
         "grad_accum": o.grad_accum,
         "seq_len": o.seq_len,
         "zero_stage": o.zero,
@@ -88,7 +87,6 @@ def predicted_tokens_per_s_per_gpu(point: PublishedPoint, cal: Calibration | Non
         "padding_mask": o.padding_mask,
         "added_tokens": o.added_tokens,
         "optimizer": o.optimizer,
-        "gpus_per_node": per_node,
         "nodes": o.nodes,
     }
     fields.update(
@@ -96,7 +94,7 @@ def predicted_tokens_per_s_per_gpu(point: PublishedPoint, cal: Calibration | Non
     )
     if o.lora_targets:
         fields["lora_targets"] = parse_targets(o.lora_targets)
-    spec = TrainingSpec.model_validate(fields)
     arch = find_model(o.model)
+    spec = make_spec(arch, fields, o.method, per_node, o.batch_size)
     t = step_timing(arch, spec, param_counts(arch, spec), gpu, inst, cal or load_calibration())
     return t.tokens_per_s / t.world

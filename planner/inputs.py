@@ -1,0 +1,57 @@
+"""Turning option values into a validated ``TrainingSpec``: shared by ``plan`` (all its modes),
+``harness trace`` and the published-throughput mapping. Bad input becomes one ``PlannerError``
+that names the option."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from planner.errors import PlannerError
+from planner.formulas.params import max_lora_rank
+from planner.schemas import Architecture
+from planner.spec import TrainingSpec
+
+
+def option_error(exc: ValidationError) -> PlannerError:
+    """A spec validation error as the one-line message naming the option (``--lora-rank: ...``)."""
+    err = exc.errors()[0]
+    msg = err["msg"].removeprefix("Value error, ")
+    where = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else ""
+    return PlannerError(f"{where}: {msg}" if where else msg)
+
+
+def make_spec(arch: Architecture, fields: dict[str, Any], method: str, per_node: int, micro_batch: int) -> TrainingSpec:
+    """A validated spec for ``arch`` from the shared option fields, one method, GPU count and
+    micro batch; a LoRA rank above the smallest targeted dimension is refused too."""
+    try:
+        spec = TrainingSpec.model_validate({**fields, "method": method, "gpus_per_node": per_node, "micro_batch_size": micro_batch})
+    except ValidationError as exc:
+        raise option_error(exc) from None
+    if spec.method != "full":
+        limit = max_lora_rank(arch, spec.lora_targets)
+        if spec.lora_rank > limit:
+            raise PlannerError(
+                f"--lora-rank {spec.lora_rank} is larger than the smallest targeted layer dimension ({limit}) of {arch.name}"
+            )
+    return spec
+
+
+def positive_int(text: str, option: str) -> int:
+    """A whole number >= 1 given as text (options that also accept a word such as ``max``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise PlannerError(f"{option} must be a whole number or 'max' (got {text!r})") from None
+    if value < 1:
+        raise PlannerError(f"{option} must be at least 1 (got {value})")
+    return value
+
+
+def dataset_tokens(tokens: int | None, samples: int | None, seq_len: int) -> int | None:
+    """Tokens of one epoch from ``--dataset-tokens`` or ``--dataset-samples`` (padded to the
+    sequence length); None means the plan's default dataset."""
+    if tokens is not None and samples is not None:
+        raise PlannerError("give --dataset-tokens or --dataset-samples, not both")
+    return tokens if tokens is not None else (None if samples is None else samples * seq_len)
