@@ -395,31 +395,34 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         """Gradient bytes on this GPU: ZeRO 2/3 keep a 1/n partition (none with the optimizer offloaded)."""
         return (0 if offload_opt else ceil_div(grads, n)) if zero >= 2 else grads
 
-    moments = [
-        # the loss gradient: everything saved plus the fp32 gradients of log_softmax
-        Split(
-            resident, standing, opt, L * per_layer_saved + saved_model, live + act.loss_backward_transient(arch, spec) + standing_buckets
-        ),
+    loss_acts, loss_grads = L * per_layer_saved + saved_model, act.loss_backward_transient(arch, spec)
+    layer_moments_all = [
         # the top layer (all others still saved) and the bottom one (gradients nearly complete)
         *(layer_moment(L, m, head) for m in layer_moments),
         *(layer_moment(1, m, head + (L - 1) * pc.grad_bytes_per_layer) for m in layer_moments),
         *([recompute_end(L), recompute_end(1)] if spec.grad_ckpt else []),
-        # the embedding gradient closes backward
-        Split(resident, max(standing, grads_all - (ceil_div(tied, n) if zero >= 2 else tied)), opt, 0, live + buckets + 3 * tied),
     ]
-    if fsdp is not None:
-        loss = moments[0]
-        moments[0] = Split(resident + fsdp.root, standing, opt, loss.activations, fsdp.layer + loss.temporaries - live - standing_buckets)
+    if fsdp is None:
+        moments = [
+            # the loss gradient: everything saved plus the fp32 gradients of log_softmax
+            Split(resident, standing, opt, loss_acts, live + loss_grads + standing_buckets),
+            *layer_moments_all,
+            # the embedding gradient closes backward
+            Split(resident, max(standing, grads_all - (ceil_div(tied, n) if zero >= 2 else tied)), opt, 0, live + buckets + 3 * tied),
+        ]
+    else:
         # the root's backward ends: a tied embedding's contributions summed (the bottom layer's
         # reduce-scatter input still held), then every root gradient unsharded next to its own
         layers_sharded = max(ceil_div(L * pc.grad_bytes_per_layer, n), standing)
-        moments[-1] = Split(resident + fsdp.root, layers_sharded + fsdp.root_grad, opt, 0, 3 * tied + fsdp.reduce_scatter)
-        moments.append(Split(resident + fsdp.root, layers_sharded + fsdp.root_grad_all, opt, 0, fsdp.root_reduce_scatter))
-        # the end of a layer's backward: all its gradients made, its saved tensors freed
         resid_grad = dt.resid * spec.tokens_per_micro_batch * arch.hidden_size
-        moments += [
+        moments = [
+            Split(resident + fsdp.root, standing, opt, loss_acts, fsdp.layer + loss_grads),
+            *layer_moments_all,
+            # the end of a layer's backward: all its gradients made, its saved tensors freed
             fsdp_backward(1, below, resid_grad, pc.grad_bytes_per_layer),
             fsdp_backward(L, (L - 1) * per_layer_saved + below, resid_grad, pc.grad_bytes_per_layer),
+            Split(resident + fsdp.root, layers_sharded + fsdp.root_grad, opt, 0, 3 * tied + fsdp.reduce_scatter),
+            Split(resident + fsdp.root, layers_sharded + fsdp.root_grad_all, opt, 0, fsdp.root_reduce_scatter),
         ]
     bwd = max(moments, key=lambda x: x.total)
     step = Split(resident, grads_all, opt, 0, step_temp + standing_buckets)
