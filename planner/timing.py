@@ -24,7 +24,7 @@ from planner.calibration import Calibration
 from planner.formulas import params as prm
 from planner.formulas import throughput as tp
 from planner.formulas.dtypes import adapter_bytes_per_elem
-from planner.formulas.flops import StepFlops, step_flops
+from planner.formulas.flops import step_flops
 from planner.memory import ParamCounts, dtypes, per_setup
 from planner.schemas import Architecture, Gpu, Instance
 from planner.spec import TrainingSpec
@@ -94,9 +94,8 @@ def step_timing(arch: Architecture, spec: TrainingSpec, pc: ParamCounts, gpu: Gp
     # once per setup at micro batch 1 and scale.
     b = spec.micro_batch_size
     f1 = per_setup(arch, spec, f"flops@{spec.seq_len}", lambda: step_flops(arch, spec.model_copy(update={"micro_batch_size": 1})))
-    flops = StepFlops(forward=f1.forward * b, backward=f1.backward * b)
     eff = tp.compute_efficiency(tokens, cal.value("compute_efficiency_max"), cal.value("compute_tokens_half"))
-    compute = flops.total / (peak * eff)
+    compute = f1.total * b / (peak * eff)
     hbm = gpu.hbm_bandwidth_bytes_per_s * cal.value("hbm_efficiency")
     if spec.method != "full":
         lin = prm.layer_linears(arch)
@@ -120,13 +119,8 @@ def step_timing(arch: Architecture, spec: TrainingSpec, pc: ParamCounts, gpu: Gp
         offload_step, optimizer = moved / pcie, host_elems / cal.value("cpu_adam_elements_per_s")
     else:
         local = -(-pc.trainable // n) if zero >= 1 else pc.trainable
-        if spec.optimizer == "adamw":
-            per_elem = tp.adam_bytes_per_element(dt.weight, dt.grad, dt.master, dt.state)
-        elif spec.optimizer == "adamw8bit":  # two uint8 moments (read+write), grad read, param read+write
-            per_elem = dt.grad + 2 * (dt.master or dt.weight) + 4 + (dt.weight if dt.master else 0)
-        else:  # SGD without momentum: read grad, read+write the parameter
-            per_elem = dt.grad + 2 * (dt.master or dt.weight) + (dt.weight if dt.master else 0)
-        offload_step, optimizer = 0.0, tp.gpu_adam_seconds(local, per_elem, gpu.hbm_bandwidth_bytes_per_s, cal.value("hbm_efficiency"))
+        touched = local * tp.optimizer_bytes_per_element(spec.optimizer, dt.weight, dt.grad, dt.master, dt.state)
+        offload_step, optimizer = 0.0, touched / hbm
     accum = spec.grad_accum
     # MFU counts the model's FLOPs, without the checkpointed re-run
     no_ckpt = {"micro_batch_size": 1, "grad_ckpt": False}

@@ -54,11 +54,14 @@ def test_efficiency_saturates_with_tokens():
     assert tp.compute_efficiency(1024, 0.6, 256) < tp.compute_efficiency(2048, 0.6, 256)
 
 
-def test_adam_bytes_per_element():
+def test_optimizer_bytes_per_element():
     # mixed precision: read bf16 grad (2), read+write fp32 master (8), two fp32 moments (16), write bf16 param (2)
-    assert tp.adam_bytes_per_element(param=2, grad=2, master=4, state=4) == 28
+    assert tp.optimizer_bytes_per_element("adamw", param=2, grad=2, master=4, state=4) == 28
     # fp32 AdamW on fp32 weights: grad 4 + param 8 + moments 16
-    assert tp.adam_bytes_per_element(param=4, grad=4, master=0, state=4) == 28
+    assert tp.optimizer_bytes_per_element("adamw", param=4, grad=4, master=0, state=4) == 28
+    # pure bf16: 8-bit moments read+write (4), SGD none
+    assert tp.optimizer_bytes_per_element("adamw8bit", param=2, grad=2, master=0, state=2) == 2 + 4 + 4
+    assert tp.optimizer_bytes_per_element("sgd", param=2, grad=2, master=0, state=2) == 2 + 4
 
 
 def test_full_7b_on_one_a100_is_compute_plus_gpu_adam_by_hand():

@@ -62,17 +62,17 @@ def exposed_seconds(busy_seconds: float, hideable_behind_seconds: float, overlap
     return max(0.0, busy_seconds - overlap * hideable_behind_seconds)
 
 
-def gpu_adam_seconds(elements: int, bytes_per_element: int, hbm_bytes_per_s: float, efficiency: float) -> float:
-    """AdamW on the GPU is memory-bound: every element's parameter, gradient, master copy and
-    two moments are read and written once (``bytes_per_element`` in total)."""
-    return elements * bytes_per_element / (hbm_bytes_per_s * efficiency)
+def optimizer_bytes_per_element(optimizer: str, param: int, grad: int, master: int, state: int) -> int:
+    """HBM bytes one optimizer step touches per trainable element (memory-bound kernels).
 
-
-def adam_bytes_per_element(param: int, grad: int, master: int, state: int) -> int:
-    """Bytes AdamW touches per element: read grad; read+write master (or the parameter), two
-    moments; write the 16-bit parameter when there is a separate master."""
+    Every optimizer reads the gradient and reads and writes its own copy of the parameter (the
+    fp32 master when there is one, which then also writes the 16-bit parameter). AdamW reads
+    and writes two moments of ``state`` bytes each; 8-bit AdamW two uint8 moments (the
+    blockwise absmax is negligible); SGD without momentum keeps none.
+    """
     own = master or param
-    return grad + 2 * own + 4 * state + (param if master else 0)
+    moments = {"adamw": 4 * state, "adamw8bit": 4}.get(optimizer, 0)
+    return grad + 2 * own + moments + (param if master else 0)
 
 
 def lora_elementwise_bytes(tokens: int, shapes: list[tuple[int, int]], act: int, adapter: int, dropout: bool, recompute: bool) -> int:
