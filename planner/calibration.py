@@ -50,6 +50,8 @@ TIME_COEFFICIENTS = (
     "pcie_efficiency",
     "hbm_efficiency",
     "cpu_adam_elements_per_s",
+    "zero3_fetch_s_per_module",
+    "zero3_hook_s_per_module",
 )
 REQUIRED = (
     "cuda_context_bytes",

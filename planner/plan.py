@@ -168,6 +168,7 @@ class StepParts(_Out):
     communication_s: float = Field(description="ZeRO / data-parallel collectives not hidden behind compute.")
     offload_s: float = Field(description="PCIe traffic of offloaded parameters and optimizer partitions.")
     optimizer_s: float = Field(description="AdamW on the GPU, or DeepSpeed's CPU Adam when offloaded.")
+    framework_s: float = Field(description="Host time in DeepSpeed ZeRO-3's per-module gather/release hooks (0 otherwise).")
 
 
 class Throughput(_Out):
@@ -177,7 +178,7 @@ class Throughput(_Out):
     tokens_per_step: int
     mfu: float = Field(description="Model FLOPs (no recomputation) / (step time x dense peak), per GPU.")
     step_time_parts: StepParts
-    bottleneck: Literal["compute", "communication", "offload", "optimizer"]
+    bottleneck: Literal["compute", "communication", "offload", "optimizer", "framework"]
     calibrated: bool = Field(description="False while the time coefficients are cited defaults.")
 
 
@@ -377,7 +378,11 @@ def build_plan(
         tokens_per_step=t.tokens_per_step,
         mfu=t.mfu,
         step_time_parts=StepParts(
-            compute_s=t.compute_s, communication_s=t.communication_s, offload_s=t.offload_s, optimizer_s=t.optimizer_s
+            compute_s=t.compute_s,
+            communication_s=t.communication_s,
+            offload_s=t.offload_s,
+            optimizer_s=t.optimizer_s,
+            framework_s=t.framework_s,
         ),
         bottleneck=t.bottleneck,  # type: ignore[arg-type]
         calibrated=all(cal.coefficients[k].calibrated for k in TIME_COEFFICIENTS),

@@ -188,6 +188,7 @@ def _render_time(plan: Plan, console: Console) -> None:
         ("communication (exposed)", parts.communication_s),
         ("offload (PCIe)", parts.offload_s),
         ("optimizer", parts.optimizer_s),
+        ("framework (ZeRO-3 hooks)", parts.framework_s),
     ):
         mark = "  <- bottleneck" if name.split()[0] == t.bottleneck else ""
         tab.add_row(f"  {name}", f"{v:.3f}{mark}")

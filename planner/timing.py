@@ -11,7 +11,10 @@ An optimizer step is ``grad_accum`` micro-steps plus the optimizer:
 * offload: with ``--offload all`` the parameter partition comes over PCIe for forward and
   again for backward; with the optimizer offloaded, each step sends the gradient partition
   down and the updated 16-bit partition up, and DeepSpeed's CPU Adam updates it on the host;
-* optimizer on the GPU: memory-bound AdamW over the local partition.
+* optimizer on the GPU: memory-bound AdamW over the local partition;
+* framework: DeepSpeed ZeRO-3's host time in its per-module gather/release hooks
+  (``formulas.zero.zero3_module_calls``), a fixed cost per micro-step that small micro batches
+  cannot amortise; measured on the CPU by ``harness/hook_overhead.py``.
 
 Every coefficient is named in the calibration file and reported with the plan.
 """
@@ -25,6 +28,7 @@ from planner.formulas import params as prm
 from planner.formulas import throughput as tp
 from planner.formulas.dtypes import adapter_bytes_per_elem
 from planner.formulas.flops import step_flops
+from planner.formulas.zero import zero3_module_calls
 from planner.memory import ParamCounts, dtypes, per_setup
 from planner.schemas import Architecture, Gpu, Instance
 from planner.spec import TrainingSpec
@@ -39,6 +43,7 @@ class Timing:
     communication_s: float  # exposed (not hidden behind compute)
     offload_s: float
     optimizer_s: float
+    framework_s: float  # host time in DeepSpeed's ZeRO-3 hooks, all micro-steps
     tokens_per_step: int  # all GPUs, one optimizer step
     model_flops_per_step: int  # one GPU, without recomputation (what MFU counts)
     peak_flops_per_s: float
@@ -46,7 +51,7 @@ class Timing:
 
     @property
     def step_time_s(self) -> float:
-        return self.compute_s + self.communication_s + self.offload_s + self.optimizer_s
+        return self.compute_s + self.communication_s + self.offload_s + self.optimizer_s + self.framework_s
 
     @property
     def tokens_per_s(self) -> float:
@@ -58,7 +63,13 @@ class Timing:
 
     @property
     def bottleneck(self) -> str:
-        parts = {"compute": self.compute_s, "communication": self.communication_s, "offload": self.offload_s, "optimizer": self.optimizer_s}
+        parts = {
+            "compute": self.compute_s,
+            "communication": self.communication_s,
+            "offload": self.offload_s,
+            "optimizer": self.optimizer_s,
+            "framework": self.framework_s,
+        }
         return max(parts, key=parts.__getitem__)
 
 
@@ -121,6 +132,10 @@ def step_timing(arch: Architecture, spec: TrainingSpec, pc: ParamCounts, gpu: Gp
         local = -(-pc.trainable // n) if zero >= 1 else pc.trainable
         touched = local * tp.optimizer_bytes_per_element(spec.optimizer, dt.weight, dt.grad, dt.master, dt.state)
         offload_step, optimizer = 0.0, touched / hbm
+    framework = 0.0
+    if zero == 3 and spec.sharding == "deepspeed":
+        fetching, hooked = per_setup(arch, spec, "zero3_calls", lambda: zero3_module_calls(arch, spec))
+        framework = fetching * cal.value("zero3_fetch_s_per_module") + hooked * cal.value("zero3_hook_s_per_module")
     accum = spec.grad_accum
     # MFU counts the model's FLOPs, without the checkpointed re-run
     no_ckpt = {"micro_batch_size": 1, "grad_ckpt": False}
@@ -131,6 +146,7 @@ def step_timing(arch: Architecture, spec: TrainingSpec, pc: ParamCounts, gpu: Gp
         communication_s=accum * comm_micro + per_step / link,
         offload_s=accum * offload_micro + offload_step,
         optimizer_s=optimizer,
+        framework_s=accum * framework,
         tokens_per_step=tokens * accum * n,
         model_flops_per_step=model_flops,
         peak_flops_per_s=peak,

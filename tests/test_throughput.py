@@ -10,7 +10,7 @@ from planner.formulas import throughput as tp
 from planner.formulas.flops import step_flops
 from planner.memory import param_counts
 from planner.plan import build_plan
-from planner.spec import TrainingSpec
+from planner.spec import LAYER_LINEARS, TrainingSpec
 from planner.timing import SEED_DATASET_SAMPLES, step_timing
 
 CAL = load_calibration()
@@ -221,3 +221,34 @@ def test_plan_cheapest_picks_the_lowest_cost_that_fits(capsys):
     assert best["fits"] and best["usd_per_epoch"] == min(c["usd_per_epoch"] for c in cands if c["fits"])
     assert main(["cheapest", "--model", "70b", "--method", "full", "--offload", "none"]) == 2
     assert "no catalog instance" in capsys.readouterr().err
+
+
+def test_zero3_module_calls_of_llama_2_7b_by_hand():
+    from planner.formulas.zero import zero3_module_calls
+
+    # full, checkpointed: 32 layers x 3 passes x (7 projections gather; layer, attention, MLP,
+    # SiLU, 2 norms only hook) + 2 passes x (embedding, LM head gather; model, body, rotary, norm hook)
+    assert zero3_module_calls(A7, TrainingSpec(method="full")) == (3 * 32 * 7 + 2 * 2, 3 * 32 * 6 + 2 * 4)
+    assert zero3_module_calls(A7, TrainingSpec(method="full", grad_ckpt=False)) == (2 * 32 * 7 + 2 * 2, 2 * 32 * 6 + 2 * 4)
+    # LoRA r=8 on all seven projections: the threshold is 10 h = 40,960 elements; of the 14
+    # adapters only gate/up B (11008 x 8) and down A (8 x 11008) exceed it. Per layer 7 + 3
+    # gather, 6 + 7 x 2 (wrapper, dropout) + 11 small adapters hook.
+    seven = TrainingSpec(method="lora")
+    assert zero3_module_calls(A7, seven) == (3 * 32 * 10 + 2 * 2, 3 * 32 * 31 + 2 * 5)
+    # plus LoRA on lm_head (base and B = 32000 x 8 gather; wrapper, dropout, A hook) and on the
+    # embedding (its wrapper hooks)
+    seed = seven.model_copy(update={"lora_targets": LAYER_LINEARS + ("embed_tokens", "lm_head")})
+    assert zero3_module_calls(A7, seed) == (3 * 32 * 10 + 2 * 3, 3 * 32 * 31 + 2 * 9)
+
+
+def test_zero3_host_time_is_fixed_per_micro_step_and_only_under_deepspeed_zero3():
+    full = TrainingSpec(method="full", gpus_per_node=8, offload="none")
+    t = step_timing(A7, full, param_counts(A7, full), A100, P4DE, CAL)
+    assert t.framework_s == pytest.approx(676 * CAL.value("zero3_fetch_s_per_module") + 584 * CAL.value("zero3_hook_s_per_module"))
+    assert t.framework_s == pytest.approx(676 * 190e-6 + 584 * 80e-6)  # the measured defaults: 0.175 s
+    big = full.model_copy(update={"micro_batch_size": 64})
+    assert step_timing(A7, big, param_counts(A7, big), A100, P4DE, CAL).framework_s == t.framework_s
+    accum = full.model_copy(update={"grad_accum": 4})
+    assert step_timing(A7, accum, param_counts(A7, accum), A100, P4DE, CAL).framework_s == pytest.approx(4 * t.framework_s)
+    for other in (full.model_copy(update={"zero_stage": 2}), full.model_copy(update={"sharding": "fsdp2"})):
+        assert step_timing(A7, other, param_counts(A7, other), A100, P4DE, CAL).framework_s == 0
