@@ -44,6 +44,8 @@ def pytest_terminal_summary(terminalreporter) -> None:
     from planner.measurement import read_measurements
     from planner.render import render_agreement
 
+    if terminalreporter.config.getoption("benchmark_only", False):
+        return  # the benchmark step of .ci/run: only the timings
     folder = data_dir() / "measurements" / "trace"
     if not folder.is_dir():
         return
