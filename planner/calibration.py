@@ -43,6 +43,7 @@ class Calibration(BaseModel):
 #: Coefficients of the step-time model (planner/timing.py).
 TIME_COEFFICIENTS = (
     "compute_efficiency_max",
+    "matmul_efficiency_default",
     "compute_tokens_half",
     "nccl_bus_efficiency",
     "network_efficiency",

@@ -44,6 +44,13 @@ class Gpu(Source):
         default=None, description="Per GPU, one direction; None when GPUs talk over PCIe only."
     )
     pcie_bandwidth_bytes_per_s: int = Field(gt=0, description="Host link, one direction, theoretical.")
+    matmul_efficiency: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Maximum achievable matmul FLOPS (best-shape bf16 GEMM) / dense bf16 peak, where measured; "
+        "None: the calibration's ``matmul_efficiency_default``.",
+    )
     notes: str | None = None
 
     @model_validator(mode="after")

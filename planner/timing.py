@@ -83,6 +83,14 @@ def peak_flops(gpu: Gpu, spec: TrainingSpec) -> float:
     raise ValueError(f"{gpu.id} lists no peak FLOPs")  # pragma: no cover - the schema requires bf16 or fp16
 
 
+def plateau_efficiency(gpu: Gpu, cal: Calibration) -> float:
+    """Fraction of the dense peak a training step's matmuls reach with large micro batches: the
+    framework's share (``compute_efficiency_max``) of what the GPU's best-shape GEMM reaches
+    (``Gpu.matmul_efficiency``, measured; else ``matmul_efficiency_default``)."""
+    ceiling = gpu.matmul_efficiency if gpu.matmul_efficiency is not None else cal.value("matmul_efficiency_default")
+    return cal.value("compute_efficiency_max") * ceiling
+
+
 def link_bytes_per_s(spec: TrainingSpec, gpu: Gpu, instance: Instance | None, cal: Calibration) -> float:
     """Bus bandwidth a ring collective gets per GPU: the intra-node link (NVLink/NVSwitch, else
     PCIe), and across nodes the node's whole network, whichever is slower. NCCL runs one ring
@@ -105,7 +113,7 @@ def step_timing(arch: Architecture, spec: TrainingSpec, pc: ParamCounts, gpu: Gp
     # once per setup at micro batch 1 and scale.
     b = spec.micro_batch_size
     f1 = per_setup(arch, spec, f"flops@{spec.seq_len}", lambda: step_flops(arch, spec.model_copy(update={"micro_batch_size": 1})))
-    eff = tp.compute_efficiency(tokens, cal.value("compute_efficiency_max"), cal.value("compute_tokens_half"))
+    eff = tp.compute_efficiency(tokens, plateau_efficiency(gpu, cal), cal.value("compute_tokens_half"))
     compute = f1.total * b / (peak * eff)
     hbm = gpu.hbm_bandwidth_bytes_per_s * cal.value("hbm_efficiency")
     if spec.method != "full":
