@@ -14,7 +14,10 @@ An optimizer step is ``grad_accum`` micro-steps plus the optimizer:
 * optimizer on the GPU: memory-bound AdamW over the local partition;
 * framework: DeepSpeed ZeRO-3's host time in its per-module gather/release hooks
   (``formulas.zero.zero3_module_calls``), a fixed cost per micro-step that small micro batches
-  cannot amortise; measured on the CPU by ``harness/hook_overhead.py``.
+  cannot amortise; measured on the CPU by ``harness/hook_overhead.py``. Counted as exposed,
+  not hidden behind the GPU: each gather is waited on before its module runs, so the host
+  cannot run far ahead (TensorAuto/OpenTau#177 measured DeepSpeed's per-parameter host path
+  adding seconds to an 8x A100 step, "host-side, not bandwidth-limited").
 
 Every coefficient is named in the calibration file and reported with the plan.
 """
