@@ -32,8 +32,29 @@ HIDDEN = 16
 LINEARS_PER_BLOCK = 9
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _init() -> None:
+    """One CPU process group (gloo), without compiling DeepSpeed's shared-memory op (~90 s)."""
+    _setup_env()
+    import deepspeed
+    import torch
+    from deepspeed import ops
+
+    torch.set_num_threads(1)
+    ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    deepspeed.init_distributed(dist_backend="gloo")
+
+
 def _setup_env() -> None:
-    env = {"DS_ACCELERATOR": "cpu", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29517", "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
+    env = {"DS_ACCELERATOR": "cpu", "MASTER_ADDR": "127.0.0.1", "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
+    env["MASTER_PORT"] = os.environ.get("MASTER_PORT") or str(_free_port())
     for key, value in env.items():
         os.environ.setdefault(key, value)
 
@@ -95,14 +116,10 @@ def _time_steps(stage: int, blocks: int, empty: bool, steps: int) -> tuple[float
 
 
 def measure(blocks: int = 32, steps: int = 10, progress: Any = None) -> dict[str, Any]:
-    _setup_env()
+    _init()
     import deepspeed
     import torch
-    from deepspeed import ops
 
-    torch.set_num_threads(1)
-    ops.__compatible_ops__["deepspeed_shm_comm"] = False  # skip compiling the shared-memory op (~90 s)
-    deepspeed.init_distributed(dist_backend="gloo")
     times: dict[str, tuple[float, float]] = {}
     for stage in (0, 3):
         for empty in (False, True):
@@ -111,9 +128,11 @@ def measure(blocks: int = 32, steps: int = 10, progress: Any = None) -> dict[str
                 progress(key)
             times[key] = _time_steps(stage, blocks, empty, steps)
     linears = blocks * LINEARS_PER_BLOCK
-    fetch = [(times["z3"][p] - times["z0"][p]) / linears for p in (0, 1)]
+    # the extra modules cost ``hook`` per call; the blocks and the stack (blocks + 1 calls per
+    # pass) hook too, so the linears' share is what remains
     extra = [(times["z3_empty"][p] - times["z0_empty"][p]) - (times["z3"][p] - times["z0"][p]) for p in (0, 1)]
     hook = [e / linears for e in extra]
+    fetch = [((times["z3"][p] - times["z0"][p]) - (blocks + 1) * hook[p]) / linears for p in (0, 1)]
     return {
         "kind": "zero3_host_overhead",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -125,6 +144,69 @@ def measure(blocks: int = 32, steps: int = 10, progress: Any = None) -> dict[str
         "fetch_s_per_module": {"forward": fetch[0], "backward": fetch[1], "mean": sum(fetch) / 2},
         "hook_s_per_module": {"forward": hook[0], "backward": hook[1], "mean": sum(hook) / 2},
     }
+
+
+def count_zero3_calls(config: dict[str, Any], spec: Any) -> dict[str, int]:
+    """Run two real ZeRO-3 steps of a tiny model (transformers + peft as ``spec`` asks) on the CPU
+    and count DeepSpeed's pre-forward and pre-backward hook calls of the second, split by
+    whether the module holds a partitioned parameter (``ds_numel`` above the persistence
+    threshold). Needs ``_init()`` first; the planner's count is
+    ``planner.formulas.zero.zero3_module_calls``."""
+    import collections
+
+    import deepspeed
+    import torch
+    from deepspeed.runtime.zero.parameter_offload import DeepSpeedZeRoOffload
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from planner.catalog import architecture_from_config
+    from planner.formulas.zero import persistence_threshold_elems
+
+    threshold = persistence_threshold_elems(architecture_from_config(config, name="tiny"), spec.deepspeed)
+    calls: collections.Counter[str] = collections.Counter()
+    orig_f, orig_b = DeepSpeedZeRoOffload.pre_sub_module_forward_function, DeepSpeedZeRoOffload.pre_sub_module_backward_function
+
+    def kind(module: Any) -> str:
+        return "fetching" if any(getattr(p, "ds_numel", p.numel()) > threshold for p in module.parameters(recurse=False)) else "hooked"
+
+    def pre_f(self: Any, module: Any) -> Any:
+        calls[kind(module)] += 1
+        return orig_f(self, module)
+
+    def pre_b(self: Any, module: Any) -> Any:
+        calls[kind(module)] += 1
+        return orig_b(self, module)
+
+    model = LlamaForCausalLM(LlamaConfig(**config))
+    if spec.grad_ckpt:
+        model.gradient_checkpointing_enable()
+    if spec.method != "full":
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=spec.lora_rank, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout,
+                          target_modules=list(spec.lora_targets), modules_to_save=list(spec.modules_to_save) or None)
+        model = get_peft_model(model, lora)
+    ds = {
+        "train_micro_batch_size_per_gpu": 1,
+        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": threshold},
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "torch_adam": True}},
+    }
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds)
+    engine.train()
+    x = torch.randint(0, config["vocab_size"], (1, 8))
+    DeepSpeedZeRoOffload.pre_sub_module_forward_function = pre_f  # type: ignore[method-assign]
+    DeepSpeedZeRoOffload.pre_sub_module_backward_function = pre_b  # type: ignore[method-assign]
+    try:
+        for _ in range(2):
+            calls.clear()
+            loss = engine(input_ids=x, labels=x).loss
+            engine.backward(loss)
+            engine.step()
+    finally:
+        DeepSpeedZeRoOffload.pre_sub_module_forward_function = orig_f  # type: ignore[method-assign]
+        DeepSpeedZeRoOffload.pre_sub_module_backward_function = orig_b  # type: ignore[method-assign]
+        engine.destroy()
+    return {"fetching": calls["fetching"], "hooked": calls["hooked"]}
 
 
 def main(argv: list[str] | None = None) -> int:

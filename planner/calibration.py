@@ -74,6 +74,11 @@ def load_calibration(name: str = "default") -> Calibration:
     except ValueError as exc:  # JSON syntax or schema
         raise PlannerError(f"calibration {path} is invalid: {str(exc).splitlines()[0]}") from None
     missing = [k for k in REQUIRED if k not in cal.coefficients]
+    if missing and name != "default":
+        # a calibration written before a coefficient existed: that coefficient's cited default
+        base = load_calibration("default")
+        cal = cal.model_copy(update={"coefficients": {**cal.coefficients, **{k: base.coefficients[k] for k in missing}}})
+        missing = [k for k in REQUIRED if k not in cal.coefficients]
     if missing:
         raise PlannerError(f"calibration {name!r} lacks {', '.join(missing)}")
     return cal

@@ -226,26 +226,34 @@ def test_plan_cheapest_picks_the_lowest_cost_that_fits(capsys):
 def test_zero3_module_calls_of_llama_2_7b_by_hand():
     from planner.formulas.zero import zero3_module_calls
 
-    # full, checkpointed: 32 layers x 3 passes x (7 projections gather; layer, attention, MLP,
-    # SiLU, 2 norms only hook) + 2 passes x (embedding, LM head gather; model, body, rotary, norm hook)
-    assert zero3_module_calls(A7, TrainingSpec(method="full")) == (3 * 32 * 7 + 2 * 2, 3 * 32 * 6 + 2 * 4)
-    assert zero3_module_calls(A7, TrainingSpec(method="full", grad_ckpt=False)) == (2 * 32 * 7 + 2 * 2, 2 * 32 * 6 + 2 * 4)
+    # full, checkpointed, per layer: 7 projections gather in forward, re-run and backward; the
+    # 2 norms, attention, MLP and SiLU only hook, 3 times too; the layer itself twice (the
+    # re-run happens inside its hooks). Outside: embedding and LM head gather twice; the model,
+    # its body and the final norm hook twice, the rotary embedding once (no backward).
+    assert zero3_module_calls(A7, TrainingSpec(method="full")) == (3 * 32 * 7 + 2 * 2, 32 * (3 * 5 + 2) + 3 * 2 + 1)
+    assert zero3_module_calls(A7, TrainingSpec(method="full", grad_ckpt=False)) == (2 * 32 * 7 + 2 * 2, 32 * (2 * 5 + 2) + 3 * 2 + 1)
     # LoRA r=8 on all seven projections: the threshold is 10 h = 40,960 elements; of the 14
     # adapters only gate/up B (11008 x 8) and down A (8 x 11008) exceed it. Per layer 7 + 3
-    # gather, 6 + 7 x 2 (wrapper, dropout) + 11 small adapters hook.
+    # gather; 5 + 7 x 2 (wrapper, dropout) + 11 small adapters hook; plus peft's root module.
     seven = TrainingSpec(method="lora")
-    assert zero3_module_calls(A7, seven) == (3 * 32 * 10 + 2 * 2, 3 * 32 * 31 + 2 * 5)
-    # plus LoRA on lm_head (base and B = 32000 x 8 gather; wrapper, dropout, A hook) and on the
+    assert zero3_module_calls(A7, seven) == (3 * 32 * 10 + 2 * 2, 32 * (3 * 30 + 2) + 4 * 2 + 1)
+    # plus LoRA on lm_head (B = 32000 x 8 gathers; wrapper, dropout and A hook) and on the
     # embedding (its wrapper hooks)
     seed = seven.model_copy(update={"lora_targets": LAYER_LINEARS + ("embed_tokens", "lm_head")})
-    assert zero3_module_calls(A7, seed) == (3 * 32 * 10 + 2 * 3, 3 * 32 * 31 + 2 * 9)
+    assert zero3_module_calls(A7, seed) == (3 * 32 * 10 + 3 * 2, 32 * (3 * 30 + 2) + 8 * 2 + 1)
+    # without checkpointing the first layer's frozen modules under q/k/v (norm, three base
+    # layers and dropouts) and the frozen embedding get no backward
+    assert zero3_module_calls(A7, seven.model_copy(update={"grad_ckpt": False})) == (
+        2 * 32 * 10 + 2 * 2 - 3 - 1,
+        32 * (2 * 30 + 2) + 4 * 2 + 1 - 1 - 3,
+    )
 
 
 def test_zero3_host_time_is_fixed_per_micro_step_and_only_under_deepspeed_zero3():
     full = TrainingSpec(method="full", gpus_per_node=8, offload="none")
     t = step_timing(A7, full, param_counts(A7, full), A100, P4DE, CAL)
-    assert t.framework_s == pytest.approx(676 * CAL.value("zero3_fetch_s_per_module") + 584 * CAL.value("zero3_hook_s_per_module"))
-    assert t.framework_s == pytest.approx(676 * 190e-6 + 584 * 80e-6)  # the measured defaults: 0.175 s
+    assert t.framework_s == pytest.approx(676 * CAL.value("zero3_fetch_s_per_module") + 551 * CAL.value("zero3_hook_s_per_module"))
+    assert t.framework_s == pytest.approx(676 * 193e-6 + 551 * 76e-6)  # the measured defaults: 0.172 s
     big = full.model_copy(update={"micro_batch_size": 64})
     assert step_timing(A7, big, param_counts(A7, big), A100, P4DE, CAL).framework_s == t.framework_s
     accum = full.model_copy(update={"grad_accum": 4})
@@ -258,8 +266,37 @@ def test_plateau_efficiency_follows_each_gpus_matmul_ceiling():
     from planner.catalog import find_gpu
     from planner.timing import plateau_efficiency
 
-    assert plateau_efficiency(A100, CAL) == pytest.approx(0.69 * 0.869)  # = the 0.6 llm-foundry's A100 runs reach
+    assert plateau_efficiency(A100, CAL) == pytest.approx(0.69 * 0.869)  # 0.5996: the 0.6 llm-foundry's A100 runs reach
     assert plateau_efficiency(find_gpu("h100-80gb"), CAL) == pytest.approx(0.69 * 0.803)
     a10g = find_gpu("a10g")
     assert a10g.matmul_efficiency is None  # not measured: the mean of the measured NVIDIA parts
     assert plateau_efficiency(a10g, CAL) == pytest.approx(0.69 * CAL.value("matmul_efficiency_default"))
+
+
+def test_a_calibration_written_before_a_coefficient_existed_gets_its_cited_default(tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    import planner.calibration as calibration
+    from planner.catalog import data_dir
+
+    (tmp_path / "calibration").mkdir()
+    shutil.copy(data_dir() / "calibration" / "default.json", tmp_path / "calibration" / "default.json")
+    old = json.loads((data_dir() / "calibration" / "default.json").read_text())
+    old["id"] = "old"
+    for k in ("zero3_fetch_s_per_module", "zero3_hook_s_per_module", "matmul_efficiency_default"):
+        del old["coefficients"][k]
+    (tmp_path / "calibration" / "old.json").write_text(json.dumps(old))
+    monkeypatch.setattr(calibration, "data_dir", lambda: tmp_path)
+    calibration.load_calibration.cache_clear()
+    try:
+        cal = calibration.load_calibration("old")
+        assert cal.id == "old" and cal.value("zero3_hook_s_per_module") == CAL.value("zero3_hook_s_per_module")
+        broken = json.loads((data_dir() / "calibration" / "default.json").read_text())
+        del broken["coefficients"]["zero3_fetch_s_per_module"]
+        (tmp_path / "calibration" / "default.json").write_text(json.dumps(broken))  # a broken default still fails
+        calibration.load_calibration.cache_clear()
+        with pytest.raises(calibration.PlannerError, match="lacks zero3_fetch_s_per_module"):
+            calibration.load_calibration("default")
+    finally:
+        calibration.load_calibration.cache_clear()

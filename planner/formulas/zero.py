@@ -68,39 +68,104 @@ def zero3_module_calls(arch: Architecture, spec: TrainingSpec) -> tuple[int, int
     gathers the partitioned parameters the module holds itself and releases them after; a
     module holding none (or only persisted ones, at most ``stage3_param_persistence_threshold``
     elements) still runs the hook bookkeeping. Both are host (Python) time that does not shrink
-    with the micro batch. Counted per call, as transformers' Llama and peft's LoRA call them
-    (checked with forward pre-hooks on transformers 5.24 / peft 0.21): per decoder layer the
-    layer, attention, MLP, activation and two RMSNorms (hooks only) and seven projections
-    (fetching); per LoRA-adapted projection peft adds the wrapper and its dropout (hooks only)
-    and ``base_layer``, ``lora_A`` and ``lora_B`` (fetching when above the threshold); outside
-    the layers the model, its body, rotary embedding and final norm (hooks), the embedding and
-    the LM head (fetching), peft's root module, the wrapper of a LoRA embedding, and the wrapper
-    of each ``modules_to_save`` copy. Every module runs once in forward and once in backward; decoder-layer modules run a
-    third time in the checkpointed re-run.
+    with the micro batch.
+
+    Counted as transformers' Llama and peft's LoRA call them (checked against DeepSpeed's own
+    hook calls in tests/test_harness_live.py). Per decoder layer: the layer, attention, MLP,
+    activation and two RMSNorms (hooks only) and seven projections (fetching); per
+    LoRA-adapted projection peft adds the wrapper and its dropout (hooks only) and
+    ``base_layer``, ``lora_A`` and ``lora_B`` (fetching when above the threshold). Outside the
+    layers: the model, its body, the rotary embedding and the final norm (hooks), the embedding
+    and the LM head (fetching), peft's root module, the wrapper of a LoRA embedding, and the
+    wrapper of each ``modules_to_save`` copy.
+
+    Every module runs forward once; the checkpointed re-run calls a layer's submodules again
+    (inside the layer's own hooks, so not the layer itself). Backward reaches a module when its
+    output requires grad: never the rotary embedding; with LoRA and no checkpointing, not the
+    frozen modules of the first layer that only see the (frozen) embedding's output, nor the
+    frozen embedding (with checkpointing, peft makes the embedding's output require grad), nor
+    the frozen modules above the last adapted one.
     """
     threshold = persistence_threshold_elems(arch, spec.deepspeed)
     lin = layer_linears(arch)
     peft = spec.method != "full"
     targets = set(spec.lora_targets) if peft else set()
     r = spec.lora_rank
-    fetch_layer, hook_layer = len(lin), 6
-    for name, s in lin.items():
-        if name in targets:
-            hook_layer += 2  # peft wrapper (holds no parameter itself) and lora_dropout
-            fetch_a, fetch_b = r * s.in_features > threshold, s.out_features * r > threshold
-            fetch_layer += fetch_a + fetch_b
-            hook_layer += (not fetch_a) + (not fetch_b)
-    fetch_out, hook_out = 2, 4
+
+    def proj(name: str, input_grad: bool) -> tuple[list[bool], list[bool]]:
+        """(fetching flags, gets-backward flags) of the modules one projection calls."""
+        s = lin[name]
+        if name not in targets:
+            return [True], [input_grad]
+        a, b = r * s.in_features > threshold, s.out_features * r > threshold
+        # wrapper, base_layer, dropout, lora_A, lora_B
+        return [False, True, False, a, b], [True, input_grad, input_grad, True, True]
+
+    def layer(x_grad: bool) -> tuple[list[bool], list[bool], bool]:
+        """One decoder layer's submodules (fetching, backward) and whether its output requires grad."""
+        fetch: list[bool] = []
+        bwd: list[bool] = []
+
+        def add(f: list[bool], g: list[bool]) -> None:
+            fetch.extend(f)
+            bwd.extend(g)
+
+        add([False], [x_grad])  # input_layernorm (persisted weight)
+        for name in ("q_proj", "k_proj", "v_proj"):
+            add(*proj(name, x_grad))
+        attn_grad = x_grad or any(n in targets for n in ("q_proj", "k_proj", "v_proj"))
+        add(*proj("o_proj", attn_grad))
+        o_grad = attn_grad or "o_proj" in targets
+        add([False], [o_grad])  # self_attn
+        h_grad = x_grad or o_grad
+        add([False], [h_grad])  # post_attention_layernorm
+        add(*proj("gate_proj", h_grad))
+        add(*proj("up_proj", h_grad))
+        gate_grad, up_grad = h_grad or "gate_proj" in targets, h_grad or "up_proj" in targets
+        add([False], [gate_grad])  # act_fn
+        add(*proj("down_proj", gate_grad or up_grad))
+        out_grad = h_grad or gate_grad or up_grad or "down_proj" in targets
+        add([False], [out_grad])  # mlp
+        return fetch, bwd, out_grad
+
+    lora_embed, lora_head = "embed_tokens" in targets, "lm_head" in targets
+    saved_embed, saved_head = "embed_tokens" in spec.modules_to_save, "lm_head" in spec.modules_to_save
+    # the embedding's output requires grad when it trains (full, a LoRA embedding, a trainable
+    # copy) or, under checkpointing, because peft makes it (enable_input_require_grads)
+    x_grad = not peft or lora_embed or saved_embed or spec.grad_ckpt
+    fetching = hooked = 0
+
+    def count(f: bool, times: int) -> None:
+        nonlocal fetching, hooked
+        if f:
+            fetching += times
+        else:
+            hooked += times
+
+    recompute = 1 if spec.grad_ckpt else 0
+    for _ in range(arch.num_hidden_layers):
+        fetch, bwd, out_grad = layer(x_grad)
+        for f, g in zip(fetch, bwd, strict=True):
+            count(f, 1 + recompute + (1 if g else 0))
+        count(False, 1 + (1 if out_grad else 0))  # the decoder layer itself
+        x_grad = out_grad
+    # outside the layers: (fetching, gets backward)
+    outside = [(False, True), (False, x_grad), (False, False), (False, x_grad)]  # model, body, rotary, final norm
     if peft:
-        hook_out += 1  # PeftModel
+        outside.append((False, True))  # PeftModel
+    if lora_head:  # wrapper, base, dropout, A (r x h), B (vocab x r)
         v = vocab(arch, spec.added_tokens)
-        if "lm_head" in targets:  # wrapper + dropout; base, A (r x h), B (vocab x r)
-            a, b = r * arch.hidden_size > threshold, v * r > threshold
-            hook_out += 2 + (not a) + (not b)
-            fetch_out += a + b
-        if "embed_tokens" in targets:  # the wrapper (lora_embedding_A/B sit in ParameterDicts, never called)
-            hook_out += 1
-        hook_out += sum(1 for m in spec.modules_to_save if m in ("embed_tokens", "lm_head"))
-    layer_passes = 3 if spec.grad_ckpt else 2
-    layers = arch.num_hidden_layers
-    return layer_passes * layers * fetch_layer + 2 * fetch_out, layer_passes * layers * hook_layer + 2 * hook_out
+        outside += [(False, True), (True, x_grad), (False, x_grad), (r * arch.hidden_size > threshold, True), (v * r > threshold, True)]
+    elif saved_head:  # wrapper, trainable copy
+        outside += [(False, True), (True, True)]
+    else:
+        outside.append((True, x_grad))
+    if lora_embed:  # wrapper (lora_embedding_A/B sit in ParameterDicts, never called), frozen base
+        outside += [(False, True), (True, spec.grad_ckpt)]
+    elif saved_embed:
+        outside += [(False, True), (True, True)]
+    else:
+        outside.append((True, not peft or spec.grad_ckpt))
+    for f, g in outside:
+        count(f, 1 + (1 if g else 0))
+    return fetching, hooked
