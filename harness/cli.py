@@ -182,6 +182,78 @@ def run_trace(arch: Architecture, spec: TrainingSpec, steps: int = 2, flops: boo
     return Measurement(**base, result=TraceResult.model_validate(result))
 
 
+@app.command("run")
+def run_cmd(
+    model: str = typer.Option(
+        ..., "--model", "-m", help="Catalog name or alias (7b-tiny, gqa-tiny for a CPU; 7b on a GPU) or a config.json."
+    ),
+    method: Literal["full", "lora"] = typer.Option("lora", "--method", case_sensitive=False),
+    batch_size: int = typer.Option(4, "--batch-size", "-b", min=1),
+    seq_len: int = typer.Option(128, "--seq-len", "-s", min=1),
+    grad_accum: int = typer.Option(1, "--grad-accum", min=1),
+    zero: int = typer.Option(2, "--zero", min=0, max=3, help="DeepSpeed ZeRO stage."),
+    offload: Literal["none", "optimizer", "all"] = typer.Option("none", "--offload", case_sensitive=False),
+    grad_ckpt: bool = typer.Option(True, "--grad-ckpt/--no-grad-ckpt"),
+    attention: Literal["eager", "sdpa"] = typer.Option("sdpa", "--attention", case_sensitive=False),
+    precision: Literal["bf16-mixed", "fp32"] = typer.Option("bf16-mixed", "--precision", case_sensitive=False),
+    lora_rank: int = typer.Option(8, "--lora-rank", "-r", min=1),
+    lora_alpha: float = typer.Option(16.0, "--lora-alpha"),
+    lora_dropout: float = typer.Option(0.05, "--lora-dropout", min=0.0, max=0.99),
+    lora_targets: str = typer.Option("all-linear", "--lora-targets"),
+    modules_to_save: str = typer.Option("", "--modules-to-save"),
+    nproc: int = typer.Option(1, "--nproc", min=1, max=64, help="Processes (ranks) on this machine: gloo on CPU, NCCL on GPUs."),
+    steps: int = typer.Option(3, "--steps", min=1, max=1000, help="Measured steps (then one more, profiled per phase)."),
+    warmup: int = typer.Option(1, "--warmup", min=0, max=100),
+    save: bool = typer.Option(
+        True, "--save/--no-save", help="Also save (save_pretrained and DeepSpeed's save_checkpoint) and measure the files."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Append the record (JSON line) to this file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (raw integer bytes)."),
+) -> None:
+    """Run real training steps (transformers + peft + DeepSpeed) and measure memory, speed, checkpoints."""
+    arch = catalog.find_model(model)
+    fields: dict[str, Any] = {
+        "seq_len": seq_len,
+        "grad_accum": grad_accum,
+        "zero_stage": zero,
+        "offload": offload,
+        "grad_ckpt": grad_ckpt,
+        "attention": attention,
+        "precision": precision,
+        "lora_rank": lora_rank,
+        "lora_alpha": lora_alpha,
+        "lora_dropout": lora_dropout,
+        "lora_targets": parse_targets(lora_targets),
+        "modules_to_save": parse_targets(modules_to_save),
+    }
+    spec = make_spec(arch, fields, method, nproc, batch_size)
+    check_trace_input(arch, spec)
+    if out is not None:
+        _check_writable(out)
+    missing = [m for m in ("torch", "transformers", "peft", "deepspeed") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise PlannerError(f"harness run needs {', '.join(missing)}: pip install torch==2.13.0 && pip install -e '.[harness]'")
+    from harness.run import run_record
+
+    record = run_record(arch, spec, nproc, steps, warmup, save, command=_command(), progress=_progress)
+    if out is not None:
+        from planner.measurement import append_measurement
+
+        try:
+            append_measurement(out, record)
+        except OSError as exc:
+            raise PlannerError(f"--out {out}: {exc.strerror or exc}") from None
+    if record.result is None:
+        print(f"harness: error: the run failed (recorded{' in ' + str(out) if out else ''}): {record.error}", file=sys.stderr)
+        raise typer.Exit(1)
+    if as_json:
+        sys.stdout.write(json.dumps(record.result.model_dump(), indent=2) + "\n")
+    else:
+        from harness.report import render_run
+
+        render_run(record)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: every input error is one line on stderr and exit code 2."""
     return run_cli(app, "harness", argv)

@@ -47,3 +47,54 @@ def render_trace(record: Any, console: Any = None) -> None:
             f"first step peak {r.steps[0].peak_bytes / GIB:.2f} GiB ({r.steps[0].peak_phase}); steady {r.peak_bytes / GIB:.2f} GiB"
         )
     console.print(f"traced in {r.wall_s:.1f} s, max RSS {r.max_rss_bytes / GIB:.2f} GiB")
+
+
+def render_run(record: Any, console: Any = None) -> None:
+    """``harness run``: per phase the measured live tensors by category next to the planner's
+    prediction for the same spec, then speed and checkpoint files. MiB (2^20 bytes)."""
+    from rich.table import Table
+
+    from planner.calibration import load_calibration
+    from planner.catalog import find_model
+    from planner.memory import gpu_memory
+
+    console = console or _console()
+    r, s = record.result, record.spec
+    mib = 2**20
+    predicted = gpu_memory(find_model(record.model), s, load_calibration()).phases
+    title = (
+        f"{record.model} {s.method}  ZeRO-{s.zero_stage} x{r.world_size}  offload {s.offload}  b={s.micro_batch_size} s={s.seq_len}  "
+        f"{s.precision}  grad-ckpt {'on' if s.grad_ckpt else 'off'}  on {r.device}"
+    )
+    t = Table(title=f"Real step (rank 0, live tensors, MiB; planner in brackets): {title}", title_justify="left")
+    t.add_column("phase", justify="left")
+    for c in CATEGORIES:
+        t.add_column(c.replace("_", " "), justify="right")
+    t.add_column("total", justify="right", style="bold")
+    t.add_column("planner error", justify="right")
+    for p in PHASES:
+        ph = r.phases.get(p)
+        if ph is None:
+            continue
+        pred = predicted[p]
+        mark = " (peak)" if p == r.peak_phase else ""
+        cells = [f"{getattr(ph.at_peak_bytes, c) / mib:.2f} [{getattr(pred, c) / mib:.2f}]" for c in CATEGORIES]
+        err = pred.total / ph.peak_bytes - 1 if ph.peak_bytes else 0.0
+        t.add_row(p + mark, *cells, f"{ph.peak_bytes / mib:.2f} [{pred.total / mib:.2f}]", f"{err:+.1%}")
+    console.print(t)
+    console.print(
+        f"tokens/s (all ranks): {r.tokens_per_s:,.0f}   median step {r.median_step_s:.3f} s over {len(r.step_times_s)} steps   "
+        f"max RSS {r.max_rss_bytes / mib:,.0f} MiB"
+    )
+    if r.checkpoint is not None:
+        ck = r.checkpoint
+        files = Table(title="Checkpoint files (bytes)", title_justify="left")
+        files.add_column("file")
+        files.add_column("bytes", justify="right")
+        for name, n in ck.files_bytes.items():
+            files.add_row(name, f"{n:,}")
+        console.print(files)
+        console.print(
+            f"save_pretrained tensor payload: {ck.pretrained_tensor_bytes:,} bytes; "
+            f"host RSS rise while saving {ck.save_rss_rise_bytes / mib:.1f} MiB"
+        )

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from planner.calibration import Calibration, load_calibration
 from planner.catalog import find_model
 from planner.formulas.flops import step_flops
-from planner.measurement import CATEGORIES, Measurement
+from planner.measurement import CATEGORIES, Measurement, TraceResult
 from planner.memory import gpu_memory
 
 CATEGORY_TOLERANCE = 0.03
@@ -58,6 +58,8 @@ def compare(m: Measurement, cal: Calibration | None = None) -> list[Row]:
     """Planner vs measurement for one trace record (raises if the record has no result)."""
     if m.result is None:
         raise ValueError(f"{label(m)}: the record holds an error, not a measurement: {m.error}")
+    if not isinstance(m.result, TraceResult):
+        raise ValueError(f"{label(m)}: not a trace record ({m.kind})")
     if len(m.result.steps) < 2:
         raise ValueError(f"{label(m)}: one traced step has no optimizer states yet; the planner predicts the steady state (trace 2 steps)")
     cal = cal or load_calibration("default")

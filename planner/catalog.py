@@ -91,8 +91,16 @@ def architectures() -> tuple[Architecture, ...]:
 
 
 @cache
+def tiny_architectures() -> tuple[Architecture, ...]:
+    """Small Llama shapes for harness runs on a CPU (``data/architectures/tiny/``): found by name
+    like any model, but not in the catalog's listings or ``all``."""
+    folder = data_dir() / "architectures" / "tiny"
+    return tuple(architecture_from_config(json.loads(p.read_text()), name=p.stem, source=str(p)) for p in sorted(folder.glob("*.json")))
+
+
+@cache
 def _arch_index() -> dict[str, Architecture]:
-    return _index(list(architectures()), lambda a: [a.name, *([a.hf_id] if a.hf_id else []), *a.aliases])
+    return _index([*architectures(), *tiny_architectures()], lambda a: [a.name, *([a.hf_id] if a.hf_id else []), *a.aliases])
 
 
 def load_config_file(path: Path) -> Architecture:

@@ -70,18 +70,59 @@ class TraceResult(StepTrace):
     max_rss_bytes: int = Field(ge=0)
 
 
+PhaseName = Literal["forward", "backward", "optimizer_step"]
+
+
+class RunPhase(_Strict):
+    """One phase of a profiled real step: the live tensor peak and its split (per rank)."""
+
+    peak_bytes: int = Field(ge=0)
+    at_peak_bytes: CategoryBytes
+    cuda_max_allocated_bytes: int | None = Field(default=None, ge=0)
+    cuda_max_reserved_bytes: int | None = Field(default=None, ge=0)
+
+
+class CheckpointFiles(_Strict):
+    """What saving wrote: ``save_pretrained`` under ``pretrained/`` and DeepSpeed's
+    ``save_checkpoint`` under ``deepspeed/`` (file -> bytes), and the host memory rise."""
+
+    files_bytes: dict[str, int]
+    #: safetensors payload of the adapter (or model) file(s): file size minus the JSON header
+    pretrained_tensor_bytes: int = Field(ge=0)
+    save_rss_rise_bytes: int = Field(ge=0)
+
+
+class RunResult(_Strict):
+    """What ``harness run`` measured: real training steps with DeepSpeed (+ peft)."""
+
+    device: str
+    world_size: int = Field(ge=1)
+    peak_bytes: int = Field(ge=0)
+    peak_phase: PhaseName
+    phases: dict[PhaseName, RunPhase]
+    rank_peaks_bytes: list[int]
+    tokens_per_s: float = Field(ge=0, description="All ranks, median step.")
+    median_step_s: float = Field(ge=0)
+    step_times_s: list[float]
+    load_s: float = Field(ge=0)
+    max_rss_bytes: int = Field(ge=0)
+    rank_max_rss_bytes: list[int]
+    parameters: ParameterCount
+    checkpoint: CheckpointFiles | None = None
+
+
 class Measurement(_Strict):
     schema_version: Literal[1] = 1
-    kind: Literal["trace"]
+    kind: Literal["trace", "run"]
     model: str = Field(description="Catalog name of the architecture.")
     spec: TrainingSpec
-    sharding: Literal["none", "fsdp2"] = "none"
+    sharding: Literal["none", "fsdp2", "deepspeed"] = "none"
     tool: str = Field(description="What measured it, e.g. 'harness trace (FakeTensorMode + MemTracker)'.")
     versions: dict[str, str]
     command: str
     date: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}")
     host: str
-    result: TraceResult | None = None
+    result: TraceResult | RunResult | None = None
     error: str | None = None
 
 
