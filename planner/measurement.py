@@ -144,8 +144,12 @@ def read_measurements(path: Path) -> list[Measurement]:
             try:
                 out.append(Measurement.model_validate(raw))
             except ValidationError as exc:
-                err = exc.errors()[0]
-                where = ".".join(str(x) for x in err["loc"])
+                errors = exc.errors()
+                # a result is a union: report the member the record's kind names, and leave its
+                # name out of the path
+                member = "RunResult" if raw.get("kind") == "run" else "TraceResult"
+                err = next((e for e in errors if member in e["loc"]), errors[0])
+                where = ".".join(str(x) for x in err["loc"] if x not in ("TraceResult", "RunResult"))
                 raise PlannerError(f"{f}:{n}: field {where}: {err['msg']}") from None
     return out
 

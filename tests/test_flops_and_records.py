@@ -113,3 +113,17 @@ def test_unpadded_batches_keep_grouped_kv_for_sdpa(capsys):
     padded, unpadded = peaks
     # per layer: k and v at 56 of 64 heads fewer, b8 s512 bf16, plus the bool s x s mask
     assert padded - unpadded == 80 * 2 * 2 * 8 * 512 * 56 * 128 + 8 * 512 * 512
+
+
+def test_a_bad_run_record_names_the_run_field(tmp_path):
+    import json
+
+    from planner.errors import PlannerError
+    from planner.measurement import read_measurements
+
+    rec = {"schema_version": 1, "kind": "run", "model": "llama-2-7b-tiny", "spec": {}, "tool": "t", "versions": {}, "command": "c",
+           "date": "2026-11-28", "host": "h", "result": {"device": "cpu", "world_size": 0}}
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(rec) + "\n")
+    with pytest.raises(PlannerError, match=r"bad.jsonl:1: field result\.world_size"):
+        read_measurements(path)
