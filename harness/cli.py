@@ -204,6 +204,7 @@ def run_cmd(
     nproc: int = typer.Option(1, "--nproc", min=1, max=64, help="Processes (ranks) on this machine: gloo on CPU, NCCL on GPUs."),
     steps: int = typer.Option(3, "--steps", min=1, max=1000, help="Measured steps (then one more, profiled per phase)."),
     warmup: int = typer.Option(1, "--warmup", min=0, max=100),
+    timeout_s: int = typer.Option(1800, "--timeout", min=10, help="Seconds before the run is stopped (and recorded as timed out)."),
     save: bool = typer.Option(
         True, "--save/--no-save", help="Also save (save_pretrained and DeepSpeed's save_checkpoint) and measure the files."
     ),
@@ -235,7 +236,7 @@ def run_cmd(
         raise PlannerError(f"harness run needs {', '.join(missing)}: pip install torch==2.13.0 && pip install -e '.[harness]'")
     from harness.run import run_record
 
-    record = run_record(arch, spec, nproc, steps, warmup, save, command=_command(), progress=_progress)
+    record = run_record(arch, spec, nproc, steps, warmup, save, command=_command(), progress=_progress, timeout_s=timeout_s)
     if out is not None:
         from planner.measurement import append_measurement
 

@@ -77,8 +77,12 @@ def storage_labels(module: torch.nn.Module, engine: Any, device: torch.device) -
         labels.setdefault(_ptr(t), (category, _nbytes(t)))
 
     for p in module.parameters():
-        put(getattr(p, "ds_tensor", None), "parameters")  # ZeRO-3 keeps the local partition here
-        put(p.data, "parameters")
+        if hasattr(p, "ds_tensor"):  # ZeRO-3: the local partition is the parameter's memory
+            put(p.ds_tensor, "parameters")
+            # a persisted (small) parameter stays whole; any other is gathered for a while
+            put(p.data, "parameters" if getattr(p, "ds_persist", False) else "temporaries")
+        else:
+            put(p.data, "parameters")
         put(p.grad, "gradients")
     opt = getattr(engine, "optimizer", None)
     inner = getattr(opt, "optimizer", opt)  # DeepSpeed wraps the torch optimizer
@@ -138,9 +142,11 @@ def _tolerant_data_flow() -> Iterator[None]:
         mp.DataFlowGraph.validate = original_validate  # type: ignore[method-assign]
 
 
+#: What a tensor allocated inside the phase is, from the profiler's guess. Parameters and
+#: optimizer states are not allocated in a steady-state step (ZeRO-3's gathers are labelled
+#: before the phase), so those guesses (flat copies DeepSpeed makes for a collective, say) are
+#: temporaries.
 _PROFILER_CATEGORY = {
-    "PARAMETER": "parameters",
-    "OPTIMIZER_STATE": "optimizer_states",
     "ACTIVATION": "activations",
     "GRADIENT": "gradients",
 }

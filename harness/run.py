@@ -21,6 +21,7 @@ process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -82,8 +83,10 @@ def deepspeed_config(arch: Architecture, spec: TrainingSpec, device: str) -> dic
     return cfg
 
 
-def build_model(arch: Architecture, spec: TrainingSpec) -> Any:
-    """The model as a user builds it: transformers from config (random weights), peft's LoRA."""
+def build_model(arch: Architecture, spec: TrainingSpec, ds_config: dict[str, Any] | None = None) -> Any:
+    """The model as a user builds it: transformers from config (random weights), peft's LoRA.
+    Under ZeRO-3 the base model is built inside ``deepspeed.zero.Init`` (partitioned as it is
+    made), as transformers does when DeepSpeed ZeRO-3 is configured; peft's adapters come after."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -93,7 +96,16 @@ def build_model(arch: Architecture, spec: TrainingSpec) -> Any:
         raise ValueError("harness run does not do QLoRA yet (bitsandbytes needs CUDA)")
     dtype = {"amp-bf16": torch.float32, "fp32": torch.float32, "fp16-mixed": torch.float16}.get(spec.precision, torch.bfloat16)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(hf_config(arch, spec), dtype=dtype)
+    # on a GPU, build (and randomly initialise) the weights there: 7B on the host takes minutes
+    on_gpu = torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR") != "cpu"
+    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else None
+    zero_init: Any = contextlib.nullcontext()
+    if ds_config is not None and spec.zero_stage == 3:
+        import deepspeed
+
+        zero_init = deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype)
+    with device or contextlib.nullcontext(), zero_init:
+        model = AutoModelForCausalLM.from_config(hf_config(arch, spec), dtype=dtype)
     if spec.grad_ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if spec.method == "lora":
@@ -126,8 +138,12 @@ def _rss_bytes() -> int:
 
 def worker(job: dict[str, Any]) -> dict[str, Any]:
     """One rank's run; returns its measurements (JSON-able)."""
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    else:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
 
     torch.set_num_threads(int(job.get("threads", 1)))
     import deepspeed
@@ -149,8 +165,8 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     if os.environ.get("HARNESS_FAULT_RANK") == str(rank):  # for tests: a rank that dies mid-run
         raise RuntimeError(f"injected fault on rank {rank}")
     t0 = time.perf_counter()
-    model = build_model(arch, spec)
     cfg = deepspeed_config(arch, spec, device_name)
+    model = build_model(arch, spec, cfg)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=cfg)
     engine.train()
     device = engine.device if cuda else torch.device("cpu")
@@ -262,6 +278,7 @@ def launch(
     save: bool,
     progress: Any = None,
     save_root: Path | None = None,
+    timeout_s: float = WORKER_TIMEOUT_S,
 ) -> dict[str, Any]:
     """Run ``nproc`` worker processes; returns rank 0's result with every rank's peaks, or raises
     RuntimeError with the failing rank's last lines. Checkpoints go under ``save_root/save``."""
@@ -288,7 +305,7 @@ def launch(
             procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log))
         if progress:
             progress(f"{nproc} process(es) started")
-        deadline = time.monotonic() + WORKER_TIMEOUT_S
+        deadline = time.monotonic() + timeout_s
         failed: list[int] = []
         # wait for all; the first rank that fails (or the deadline) ends the others, which
         # would otherwise wait for it in a collective
@@ -341,7 +358,15 @@ def safetensors_payload_bytes(path: Path) -> int:
 
 
 def run_record(
-    arch: Architecture, spec: TrainingSpec, nproc: int, steps: int, warmup: int, save: bool, command: str, progress: Any = None
+    arch: Architecture,
+    spec: TrainingSpec,
+    nproc: int,
+    steps: int,
+    warmup: int,
+    save: bool,
+    command: str,
+    progress: Any = None,
+    timeout_s: float = WORKER_TIMEOUT_S,
 ) -> Any:
     """Run and wrap the result as a ``Measurement`` (a failure becomes a record with its error)."""
     import datetime as dt
@@ -364,7 +389,7 @@ def run_record(
     }
     try:
         with tempfile.TemporaryDirectory(prefix="harness-save-") as keep:
-            r = launch(arch, spec, nproc, steps, warmup, save, progress, save_root=Path(keep))
+            r = launch(arch, spec, nproc, steps, warmup, save, progress, save_root=Path(keep), timeout_s=timeout_s)
             checkpoint = None
             if save and "checkpoint" in r:
                 root = Path(keep) / "save" / "pretrained"

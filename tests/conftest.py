@@ -73,3 +73,27 @@ def pytest_terminal_summary(terminalreporter) -> None:
     Console(file=buf, width=130, color_system=None).print(tab)
     terminalreporter.write_sep("=", f"planner vs published throughput: {len(rows)} points, median |error| {med:.1%}")
     terminalreporter.write(buf.getvalue())
+
+    from planner.agreement import compare_run
+
+    runs = [m for m in read_measurements(data_dir() / "measurements" / "run") if m.result is not None] if (
+        data_dir() / "measurements" / "run"
+    ).is_dir() else []
+    if runs:
+        tab = Table(title="Real DeepSpeed runs on the CPU (rank 0): planner / measured - 1 of each phase's live peak", title_justify="left")
+        for col in ("run", "forward", "backward", "optimizer step", "measured peak MiB"):
+            tab.add_column(col, justify="left" if col == "run" else "right")
+        errors = []
+        for m in runs:
+            totals = {r.what.split(".")[0]: r.error_rel for r in compare_run(m) if r.what.endswith(".total")}
+            errors += list(totals.values())
+            tab.add_row(
+                label(m),
+                *(f"{totals.get(p, float('nan')):+.1%}" for p in ("forward", "backward", "optimizer_step")),
+                f"{m.result.peak_bytes / 2**20:,.1f}",
+            )
+        buf = io.StringIO()
+        Console(file=buf, width=130, color_system=None).print(tab)
+        med = statistics.median(abs(e) for e in errors)
+        terminalreporter.write_sep("=", f"planner vs real runs: {len(runs)} records, median |phase error| {med:.1%}")
+        terminalreporter.write(buf.getvalue())

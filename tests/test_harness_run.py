@@ -76,3 +76,23 @@ def test_bad_run_input_is_one_line(capsys):
     assert "lora-rank" in capsys.readouterr().err
     assert main(["run", "--model", "no-such-model"]) == 2
     assert "no-such-model" in capsys.readouterr().err
+
+
+def test_gpu_calibration_script_dry_run_on_the_cpu(tmp_path):
+    """harness/gpu_calibration.sh with DRY_RUN=1: the same nine runs with a tiny model on the
+    CPU, every one recorded (the offloaded one included)."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "dry.jsonl"
+    env = dict(os.environ, DRY_RUN="1", OUT=str(out))
+    proc = subprocess.run(["bash", str(root / "harness" / "gpu_calibration.sh")], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = read_measurements(out)
+    assert len(records) == 9, proc.stderr[-3000:]
+    failed = [(r.spec.method, r.spec.zero_stage, r.spec.offload, r.error) for r in records if r.result is None]
+    assert not failed
+    assert {(r.spec.zero_stage, r.spec.offload) for r in records} == {(2, "none"), (3, "none"), (2, "optimizer")}
+    assert "(0 run(s) failed" in proc.stderr
