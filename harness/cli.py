@@ -100,22 +100,7 @@ def trace_cmd(
     for v in untested_versions():
         print(f"harness: warning: {v}; the trace relies on private torch API and transformers internals", file=sys.stderr)
     record = run_trace(arch, spec, steps=steps, flops=flops, command=_command(), progress=_progress)
-    if out is not None:
-        from planner.measurement import append_measurement
-
-        try:
-            append_measurement(out, record)
-        except OSError as exc:
-            raise PlannerError(f"--out {out}: {exc.strerror or exc}") from None
-    if record.result is None:
-        print(f"harness: error: the trace failed (recorded{' in ' + str(out) if out else ''}): {record.error}", file=sys.stderr)
-        raise typer.Exit(1)
-    if as_json:
-        sys.stdout.write(json.dumps(record.result.model_dump(), indent=2) + "\n")
-    else:
-        from harness.report import render_trace
-
-        render_trace(record)
+    _keep_and_show(record, out, as_json, "trace")
 
 
 def check_trace_input(arch: Architecture, spec: TrainingSpec) -> None:
@@ -234,9 +219,15 @@ def run_cmd(
     missing = [m for m in ("torch", "transformers", "peft", "deepspeed") if importlib.util.find_spec(m) is None]
     if missing:
         raise PlannerError(f"harness run needs {', '.join(missing)}: pip install torch==2.13.0 && pip install -e '.[harness]'")
-    from harness.run import run_record
+    from harness.run import RunOptions, run_record
 
-    record = run_record(arch, spec, nproc, steps, warmup, save, command=_command(), progress=_progress, timeout_s=timeout_s)
+    opts = RunOptions(steps=steps, warmup=warmup, save=save, timeout_s=timeout_s)
+    record = run_record(arch, spec, opts, command=_command(), progress=_progress)
+    _keep_and_show(record, out, as_json, "run")
+
+
+def _keep_and_show(record: Any, out: Path | None, as_json: bool, what: Literal["trace", "run"]) -> None:
+    """Append the record to ``out`` (if given), then print it; a failed measurement exits 1."""
     if out is not None:
         from planner.measurement import append_measurement
 
@@ -245,10 +236,14 @@ def run_cmd(
         except OSError as exc:
             raise PlannerError(f"--out {out}: {exc.strerror or exc}") from None
     if record.result is None:
-        print(f"harness: error: the run failed (recorded{' in ' + str(out) if out else ''}): {record.error}", file=sys.stderr)
+        print(f"harness: error: the {what} failed (recorded{' in ' + str(out) if out else ''}): {record.error}", file=sys.stderr)
         raise typer.Exit(1)
     if as_json:
         sys.stdout.write(json.dumps(record.result.model_dump(), indent=2) + "\n")
+    elif what == "trace":
+        from harness.report import render_trace
+
+        render_trace(record)
     else:
         from harness.report import render_run
 

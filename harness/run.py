@@ -32,10 +32,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from planner.formulas.dtypes import adapter_dtype
 from planner.formulas.zero import persistence_threshold_elems, prefetch_bucket_elems, reduce_bucket_elems
 from planner.schemas import Architecture
 from planner.spec import TrainingSpec
@@ -90,7 +90,7 @@ def build_model(arch: Architecture, spec: TrainingSpec, ds_config: dict[str, Any
     import torch
     from transformers import AutoModelForCausalLM
 
-    from harness.trace import TORCH_DTYPE, hf_config
+    from harness.trace import apply_lora, hf_config
 
     if spec.method == "qlora":
         raise ValueError("harness run does not do QLoRA yet (bitsandbytes needs CUDA)")
@@ -109,22 +109,7 @@ def build_model(arch: Architecture, spec: TrainingSpec, ds_config: dict[str, Any
     if spec.grad_ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if spec.method == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        lcfg = LoraConfig(
-            r=spec.lora_rank,
-            lora_alpha=spec.lora_alpha,
-            lora_dropout=spec.lora_dropout,
-            target_modules=list(spec.lora_targets),
-            modules_to_save=list(spec.modules_to_save) or None,
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, lcfg)
-        want = TORCH_DTYPE[adapter_dtype(spec)]
-        for name, p in model.named_parameters():
-            if "lora_" in name and p.dtype != want:
-                p.data = p.data.to(want)
+        model = apply_lora(model, spec)
     return model
 
 
@@ -269,19 +254,21 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def launch(
-    arch: Architecture,
-    spec: TrainingSpec,
-    nproc: int,
-    steps: int,
-    warmup: int,
-    save: bool,
-    progress: Any = None,
-    save_root: Path | None = None,
-    timeout_s: float = WORKER_TIMEOUT_S,
-) -> dict[str, Any]:
-    """Run ``nproc`` worker processes; returns rank 0's result with every rank's peaks, or raises
-    RuntimeError with the failing rank's last lines. Checkpoints go under ``save_root/save``."""
+@dataclass(frozen=True)
+class RunOptions:
+    """How a spec is run: measured and warm-up steps, whether to save, and the time limit."""
+
+    steps: int = 3
+    warmup: int = 1
+    save: bool = True
+    timeout_s: float = WORKER_TIMEOUT_S
+
+
+def launch(arch: Architecture, spec: TrainingSpec, opts: RunOptions, progress: Any = None, save_root: Path | None = None) -> dict[str, Any]:
+    """Run ``spec.world_size`` worker processes; returns rank 0's result with every rank's peaks,
+    or raises RuntimeError with the failing rank's last lines. Checkpoints go under
+    ``save_root/save``."""
+    nproc = spec.world_size
     with tempfile.TemporaryDirectory(prefix="harness-run-") as tmp:
         work = Path(tmp)
         save_dir = (save_root or work) / "save"
@@ -289,9 +276,9 @@ def launch(
             "model": arch.name,
             "architecture": arch.model_dump(mode="json", exclude={"name", "hf_id", "aliases", "source"}),
             "spec": spec.model_dump(mode="json"),
-            "steps": steps,
-            "warmup": warmup,
-            "save": save,
+            "steps": opts.steps,
+            "warmup": opts.warmup,
+            "save": opts.save,
             "save_dir": str(save_dir),
         }
         (work / "job.json").write_text(json.dumps(job))
@@ -305,7 +292,7 @@ def launch(
             procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log))
         if progress:
             progress(f"{nproc} process(es) started")
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + opts.timeout_s
         failed: list[int] = []
         # wait for all; the first rank that fails (or the deadline) ends the others, which
         # would otherwise wait for it in a collective
@@ -357,17 +344,7 @@ def safetensors_payload_bytes(path: Path) -> int:
     return path.stat().st_size - 8 - header
 
 
-def run_record(
-    arch: Architecture,
-    spec: TrainingSpec,
-    nproc: int,
-    steps: int,
-    warmup: int,
-    save: bool,
-    command: str,
-    progress: Any = None,
-    timeout_s: float = WORKER_TIMEOUT_S,
-) -> Any:
+def run_record(arch: Architecture, spec: TrainingSpec, opts: RunOptions, command: str, progress: Any = None) -> Any:
     """Run and wrap the result as a ``Measurement`` (a failure becomes a record with its error)."""
     import datetime as dt
 
@@ -389,9 +366,9 @@ def run_record(
     }
     try:
         with tempfile.TemporaryDirectory(prefix="harness-save-") as keep:
-            r = launch(arch, spec, nproc, steps, warmup, save, progress, save_root=Path(keep), timeout_s=timeout_s)
+            r = launch(arch, spec, opts, progress, save_root=Path(keep))
             checkpoint = None
-            if save and "checkpoint" in r:
+            if opts.save and "checkpoint" in r:
                 root = Path(keep) / "save" / "pretrained"
                 payload = sum(safetensors_payload_bytes(p) for p in sorted(root.glob("*.safetensors")))
                 ck = r["checkpoint"]
@@ -410,6 +387,7 @@ def run_record(
             "cuda_max_reserved_bytes": cuda.get("reserved"),
         }
     peak_phase = max(phases, key=lambda k: phases[k]["peak_bytes"])
+    nproc = spec.world_size
     tokens = spec.micro_batch_size * spec.seq_len * spec.grad_accum * nproc
     result = RunResult(
         device=r["device"],

@@ -42,7 +42,7 @@ def key(model: str, spec: TrainingSpec, nproc: int) -> str:
 
 def run_grid(out: Path, grid: str = "cpu", limit: int | None = None, progress: Any = print) -> int:
     """Run what ``out`` lacks; returns how many runs were made."""
-    from harness.run import run_record
+    from harness.run import RunOptions, run_record
 
     done = {key(m.model, m.spec, m.spec.world_size) for m in read_measurements(out)} if out.exists() else set()
     made = 0
@@ -54,7 +54,8 @@ def run_grid(out: Path, grid: str = "cpu", limit: int | None = None, progress: A
             break
         progress(f"[{i}/{len(jobs)}] {model} {spec.method} ZeRO-{spec.zero_stage} x{nproc} ckpt={spec.grad_ckpt}")
         command = f"python -m harness.run_grid --grid {grid} --out {out}"
-        record = run_record(find_model(model), spec, nproc, steps=2, warmup=1, save=spec.zero_stage != 1, command=command)
+        opts = RunOptions(steps=2, warmup=1, save=spec.zero_stage != 1)
+        record = run_record(find_model(model), spec, opts, command=command)
         append_measurement(out, record)
         made += 1
         if record.error:

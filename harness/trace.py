@@ -197,6 +197,27 @@ def _weight_dtype(spec: TrainingSpec) -> torch.dtype:
     return torch.float16 if spec.precision == "fp16-mixed" else torch.bfloat16
 
 
+def apply_lora(model: nn.Module, spec: TrainingSpec) -> nn.Module:
+    """peft's ``get_peft_model`` with the spec's LoRA, adapters in the planner's adapter dtype."""
+    from peft import LoraConfig, get_peft_model
+
+    lcfg = LoraConfig(
+        r=spec.lora_rank,
+        lora_alpha=spec.lora_alpha,
+        lora_dropout=spec.lora_dropout,
+        target_modules=list(spec.lora_targets),
+        modules_to_save=list(spec.modules_to_save) or None,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    peft_model: nn.Module = get_peft_model(model, lcfg)
+    want = TORCH_DTYPE[adapter_dtype(spec)]
+    for name, p in peft_model.named_parameters():
+        if "lora_" in name and p.dtype != want:
+            p.data = p.data.to(want)
+    return peft_model
+
+
 def build_model(arch: Architecture, spec: TrainingSpec) -> nn.Module:
     """The model as a user builds it (transformers from config, peft's ``get_peft_model``), on meta."""
     from transformers import AutoModelForCausalLM
@@ -207,22 +228,7 @@ def build_model(arch: Architecture, spec: TrainingSpec) -> nn.Module:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(copy.deepcopy(cfg), dtype=_weight_dtype(spec))
         if spec.method == "lora":
-            from peft import LoraConfig, get_peft_model
-
-            lcfg = LoraConfig(
-                r=spec.lora_rank,
-                lora_alpha=spec.lora_alpha,
-                lora_dropout=spec.lora_dropout,
-                target_modules=list(spec.lora_targets),
-                modules_to_save=list(spec.modules_to_save) or None,
-                bias="none",
-                task_type="CAUSAL_LM",
-            )
-            model = get_peft_model(model, lcfg)
-            want = TORCH_DTYPE[adapter_dtype(spec)]
-            for name, p in model.named_parameters():
-                if "lora_" in name and p.dtype != want:
-                    p.data = p.data.to(want)
+            model = apply_lora(model, spec)
     if spec.grad_ckpt:
         # transformers 5 defaults to use_reentrant=False and makes the embedding output require
         # grad (enable_input_require_grads), as the HF Trainer does.
