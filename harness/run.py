@@ -59,6 +59,7 @@ def deepspeed_config(arch: Architecture, spec: TrainingSpec, device: str) -> dic
             stage3_prefetch_bucket_size=prefetch_bucket_elems(arch, ds),
             stage3_param_persistence_threshold=persistence_threshold_elems(arch, ds),
             stage3_max_live_parameters=ds.stage3_max_live_parameters,
+            stage3_max_reuse_distance=ds.stage3_max_reuse_distance,
             stage3_gather_16bit_weights_on_model_save=True,
         )
     if spec.offload in ("optimizer", "all"):

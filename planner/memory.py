@@ -34,6 +34,7 @@ from planner.formulas.zero import (
     reduce_buckets_bytes,
     shard,
     zero3_live_params_bytes,
+    zero3_retained_params_bytes,
 )
 from planner.schemas import Architecture
 from planner.spec import LAYER_LINEARS, TrainingSpec
@@ -229,8 +230,12 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
             ds.stage3_max_live_parameters * dt.weight,
             not_local,
         )
+        # around the turn from forward to backward DeepSpeed also keeps what it will reuse soon
+        live_top = max(live, zero3_retained_params_bytes(ds.stage3_max_reuse_distance, spec.grad_ckpt, dt.weight, not_local))
     else:
         resident, live = pc.weights_bytes, 0
+    if fsdp is not None or zero != 3:
+        live_top = live
 
     # -- gradients of trainable parameters, produced layer by layer through backward (top layer
     #    first, the input embedding last) and held until the optimizer step. Stages 2/3 keep a
@@ -315,7 +320,7 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         gradients=standing,
         optimizer_states=opt,
         activations=L * per_layer_saved + model_bytes + act.loss_forward_transient(arch, spec, dt) + autocast_cache,
-        temporaries=live + dequant + standing_buckets,
+        temporaries=live_top + dequant + standing_buckets,
     )
     # Inside the top layer's forward: the layers below saved, this one's transients on top.
     below_fwd = act.total([x for x in model_items if not x.name.startswith(("final_norm", "lm_head", "logits", "log_softmax_fp32"))])
@@ -328,7 +333,7 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         acts = (L - 1) * per_layer_saved + current + below_fwd + m.temporaries + autocast_cache
         if fsdp is not None:  # root and this layer gathered, its all-gather output alive
             return Split(resident + fsdp.root + fsdp.layer, standing, opt, acts, fsdp.layer + dequant)
-        return Split(resident, standing, opt, acts, live + dequant + standing_buckets)
+        return Split(resident, standing, opt, acts, live_top + dequant + standing_buckets)
 
     if fsdp is not None:  # the root stays gathered; the last layer's all-gather output is kept
         fwd_loss = Split(resident + fsdp.root, standing, opt, fwd_loss.activations, fsdp.layer + dequant)
@@ -366,7 +371,8 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         acts = (k - 1) * per_layer_saved + current + below
         if fsdp is not None:
             return fsdp_backward(k, acts, m.temporaries + tied, done)
-        return Split(resident, max(grads, standing), opt, acts, live + dequant + m.temporaries + tied + buckets)
+        gathered = live_top if k == L else live
+        return Split(resident, max(grads, standing), opt, acts, gathered + dequant + m.temporaries + tied + buckets)
 
     def fsdp_backward(k: int, acts: int, temps: int, layer_grads: int) -> Split:
         """FSDP2 in the k-th layer's backward: root and this layer gathered, one all-gather and
@@ -389,7 +395,8 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         if fsdp is not None:
             return fsdp_backward(k, acts, temps + tied, 0)
         grads = held(head + (L - k) * pc.grad_bytes_per_layer)
-        return Split(resident, max(grads, standing), opt, acts, live + dequant + temps + tied + buckets)
+        gathered = live_top if k == L else live
+        return Split(resident, max(grads, standing), opt, acts, gathered + dequant + temps + tied + buckets)
 
     def held(grads: int) -> int:
         """Gradient bytes on this GPU: ZeRO 2/3 keep a 1/n partition (none with the optimizer offloaded)."""
@@ -405,7 +412,7 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
     if fsdp is None:
         moments = [
             # the loss gradient: everything saved plus the fp32 gradients of log_softmax
-            Split(resident, standing, opt, loss_acts, live + loss_grads + standing_buckets),
+            Split(resident, standing, opt, loss_acts, live_top + loss_grads + standing_buckets),
             *layer_moments_all,
             # the embedding gradient closes backward
             Split(resident, max(standing, grads_all - (ceil_div(tied, n) if zero >= 2 else tied)), opt, 0, live + buckets + 3 * tied),

@@ -38,6 +38,7 @@ class DeepSpeedConfig(BaseModel):
     stage3_prefetch_bucket_size: int | None = Field(default=None, gt=0)
     stage3_param_persistence_threshold: int | None = Field(default=None, ge=0)
     stage3_max_live_parameters: int = Field(default=1_000_000_000, gt=0)
+    stage3_max_reuse_distance: int = Field(default=1_000_000_000, ge=0)
     sub_group_size: int = Field(default=1_000_000_000, gt=0)
     overlap_comm: bool = True
 
