@@ -88,7 +88,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import resource
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -110,6 +109,7 @@ from harness.trace import (
     _register_cpu_flash_flops,
     _unpacked_batches,
     build_model,
+    max_rss_bytes,
     versions,
 )
 from planner.errors import PlannerError
@@ -391,7 +391,7 @@ def trace_fsdp(
         "steps": [r.as_dict() for r in results],
         "flops": flop_counts,
         "wall_s": round(wall, 2),
-        "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "max_rss_bytes": max_rss_bytes(),
     }
     if debug:
         out["debug_fsdp_split_bytes"] = details

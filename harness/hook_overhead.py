@@ -28,16 +28,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from harness.run import free_port
+
 HIDDEN = 16
 LINEARS_PER_BLOCK = 9
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _init() -> None:
@@ -54,7 +48,7 @@ def _init() -> None:
 
 def _setup_env() -> None:
     env = {"DS_ACCELERATOR": "cpu", "MASTER_ADDR": "127.0.0.1", "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
-    env["MASTER_PORT"] = os.environ.get("MASTER_PORT") or str(_free_port())
+    env["MASTER_PORT"] = os.environ.get("MASTER_PORT") or str(free_port())
     for key, value in env.items():
         os.environ.setdefault(key, value)
 

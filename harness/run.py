@@ -25,7 +25,6 @@ import contextlib
 import json
 import os
 import platform
-import resource
 import socket
 import statistics
 import subprocess
@@ -118,10 +117,6 @@ def _files_bytes(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _rss_bytes() -> int:
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux: KiB
-
-
 def worker(job: dict[str, Any]) -> dict[str, Any]:
     """One rank's run; returns its measurements (JSON-able)."""
     import torch
@@ -137,6 +132,7 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     from deepspeed import ops
 
     from harness.memory_phases import PhaseProfiler, storage_labels
+    from harness.trace import max_rss_bytes
     from planner.catalog import architecture_from_config
 
     transformers.logging.set_verbosity_error()
@@ -211,7 +207,7 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
         "load_s": load_s,
         "phases": {k: {"peak_bytes": v.peak_bytes, "at_peak": v.at_peak} for k, v in pp.phases.items()},
         "cuda_peaks": cuda_peaks,
-        "max_rss_bytes": _rss_bytes(),
+        "max_rss_bytes": max_rss_bytes(),
         "parameters": {
             "total": sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters()),
             "trainable": sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters() if p.requires_grad),
@@ -228,7 +224,9 @@ def _save(engine: Any, spec: TrainingSpec, folder: Path, rank: int, cuda: bool) 
     rank its partition), with the host memory rise while saving."""
     import torch.distributed as dist
 
-    rss0 = _rss_bytes()
+    from harness.trace import max_rss_bytes
+
+    rss0 = max_rss_bytes()
     pretrained = folder / "pretrained"
     state = engine._zero3_consolidated_16bit_state_dict() if spec.zero_stage == 3 else None
     module = engine.module
@@ -246,10 +244,11 @@ def _save(engine: Any, spec: TrainingSpec, folder: Path, rank: int, cuda: bool) 
     engine.save_checkpoint(str(folder / "deepspeed"), tag="step")
     dist.barrier()
     files = _files_bytes(folder) if rank == 0 else {}
-    return {"files": files, "save_rss_rise_bytes": max(0, _rss_bytes() - rss0)}
+    return {"files": files, "save_rss_rise_bytes": max(0, max_rss_bytes() - rss0)}
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on the loopback that is free now (for MASTER_PORT)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -283,7 +282,7 @@ def launch(arch: Architecture, spec: TrainingSpec, opts: RunOptions, progress: A
             "save_dir": str(save_dir),
         }
         (work / "job.json").write_text(json.dumps(job))
-        port = str(_free_port())
+        port = str(free_port())
         procs = []
         for rank in range(nproc):
             env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=port)

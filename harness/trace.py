@@ -496,7 +496,7 @@ def trace(
         "steps": [r.as_dict() for r in results],
         "flops": flop_counts,
         "wall_s": round(wall, 2),
-        "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "max_rss_bytes": max_rss_bytes(),
     }
     del model, opt
     gc.collect()
@@ -519,6 +519,11 @@ def _count_flops(model: nn.Module, arch: Architecture, spec: TrainingSpec) -> di
 
 #: The versions the trace is tested with (pyproject's harness extra pins them).
 TESTED_VERSIONS = {"torch": "2.13.0", "transformers": "5.24.0", "peft": "0.21.2"}
+
+
+def max_rss_bytes() -> int:
+    """This process's peak resident memory (Linux reports KiB)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def untested_versions() -> list[str]:

@@ -219,6 +219,7 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         # counted below as resident while running (unsharded parameters) and as all-gather /
         # reduce-scatter buffers (temporaries).
         resident, live = ceil_div(pc.weights_bytes, n), 0
+        live_top = live
     elif zero == 3:
         resident = pc.persistent_bytes + ceil_div(pc.weights_bytes - pc.persistent_bytes, n)
         if spec.offload == "all":
@@ -234,7 +235,6 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         live_top = max(live, zero3_retained_params_bytes(ds.stage3_max_reuse_distance, spec.grad_ckpt, dt.weight, not_local))
     else:
         resident, live = pc.weights_bytes, 0
-    if fsdp is not None or zero != 3:
         live_top = live
 
     # -- gradients of trainable parameters, produced layer by layer through backward (top layer
