@@ -14,7 +14,8 @@ from planner.spec import EMBEDDING_MODULES, LAYER_LINEARS, TrainingSpec
 
 CAL = load_calibration()
 ARCHS = architectures()
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: CI runs the same examples every time (a property that fails fails every run)
+SETTINGS = settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 
 @st.composite
@@ -112,11 +113,14 @@ def test_gpu_memory_never_increases_with_a_higher_zero_stage(arch, spec, stage, 
     artefact. Likewise everything is asserted from 2 GPUs on: one GPU reduces nothing (no
     buckets) and steps a plain master-weight optimizer, while ZeRO's optimizer also makes a flat
     16-bit gradient copy before its fp32 one, which with an 8-bit optimizer or SGD is larger than
-    the optimizer's own scratch."""
+    the optimizer's own scratch. And ZeRO-3 is compared with ``stage3_max_reuse_distance`` 0:
+    by default DeepSpeed keeps gathered what the step reuses soon, which on a small model is all
+    of it, so ZeRO-3 can hold more than stage 1 or 2 (measured, see the next test)."""
     assume(stage > spec.zero_stage and not (spec.offload == "all" and stage != 3))
     assume(spec.world_size >= 2)
     assume(stage < 3 or spec.world_size >= 4)
-    lower = spec.model_copy(update={"adapter_dtype": adapter})
+    release = spec.deepspeed.model_copy(update={"stage3_max_reuse_distance": 0})
+    lower = spec.model_copy(update={"adapter_dtype": adapter, "deepspeed": release})
     higher = lower.model_copy(update={"zero_stage": stage})
     assert gpu_peak(arch, higher) <= gpu_peak(arch, lower)
 
@@ -194,3 +198,20 @@ def test_secant_batch_search_equals_bisection(arch, spec, gpu):
     cap = g.usable_memory_bytes
     expected = 0 if peak(1) > cap else _bisect(peak, cap, 1, MAX_SEARCH_BATCH)
     assert max_micro_batch(arch, spec, g, CAL) == expected
+
+
+def test_zero3_can_hold_more_than_zero1_when_it_keeps_what_it_reuses():
+    """Measured (data/measurements/run/cpu.jsonl, 7b-tiny LoRA, checkpointing, 2 ranks): ZeRO-3
+    peaked at 32.0 MiB, ZeRO-1 at 22.5 MiB, because DeepSpeed kept the whole small model
+    gathered. The planner agrees in direction; with nothing reused it does not."""
+    from planner.catalog import find_model
+
+    from planner.calibration import load_calibration
+    from planner.memory import gpu_memory
+
+    tiny, cal = find_model("7b-tiny"), load_calibration()
+    one = TrainingSpec(method="lora", zero_stage=1, offload="none", gpus_per_node=2, micro_batch_size=4, seq_len=128)
+    three = one.model_copy(update={"zero_stage": 3})
+    release = three.model_copy(update={"deepspeed": three.deepspeed.model_copy(update={"stage3_max_reuse_distance": 0})})
+    allocated = {k: gpu_memory(tiny, s, cal).peak_allocated_bytes for k, s in (("one", one), ("three", three), ("release", release))}
+    assert allocated["three"] > allocated["one"] > allocated["release"]
