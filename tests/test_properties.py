@@ -204,9 +204,8 @@ def test_zero3_can_hold_more_than_zero1_when_it_keeps_what_it_reuses():
     """Measured (data/measurements/run/cpu.jsonl, 7b-tiny LoRA, checkpointing, 2 ranks): ZeRO-3
     peaked at 32.0 MiB, ZeRO-1 at 22.5 MiB, because DeepSpeed kept the whole small model
     gathered. The planner agrees in direction; with nothing reused it does not."""
-    from planner.catalog import find_model
-
     from planner.calibration import load_calibration
+    from planner.catalog import find_model
     from planner.memory import gpu_memory
 
     tiny, cal = find_model("7b-tiny"), load_calibration()
