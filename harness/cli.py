@@ -250,6 +250,53 @@ def _keep_and_show(record: Any, out: Path | None, as_json: bool, what: Literal["
         render_run(record)
 
 
+@app.command("calibrate")
+def calibrate_cmd(
+    grid: str = typer.Argument(..., help="A grid file (YAML/JSON: specs x values) or a name from data/grids/ (ci, cpu)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Records file to append to and resume from (default data/measurements/run/<grid>.jsonl)."
+    ),
+    calibration_out: Path | None = typer.Option(
+        None, "--calibration-out", help="Where to write the calibration (default data/calibration/<device>.json)."
+    ),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="Run each spec as a Ray Train job on this cluster ('local' starts one here)."
+    ),
+    published: bool = typer.Option(
+        False, "--published/--no-published", help="Also fit throughput to the published points (data/published/throughput.json)."
+    ),
+    limit: int | None = typer.Option(None, "--limit", min=0, help="Run at most this many missing specs, then fit."),
+    fit_only: bool = typer.Option(False, "--fit-only", help="Run nothing: fit the records already in --out."),
+    as_json: bool = typer.Option(False, "--json", help="Print the calibration as JSON."),
+) -> None:
+    """Run a grid of specs (resumably), fit the planner's coefficients to the records, write the calibration."""
+    from harness.calibrate import calibrate
+    from harness.grid import load_grid
+
+    g = load_grid(grid)
+    records = out or Path("data/measurements/run") / f"{g.name}.jsonl"
+    if out is None:
+        records.parent.mkdir(parents=True, exist_ok=True)
+    if fit_only and not records.is_file():
+        raise PlannerError(f"--fit-only: no records file {records}")
+    _check_writable(records)
+    if calibration_out is not None and (calibration_out.is_dir() or not calibration_out.parent.is_dir()):
+        raise PlannerError(f"--calibration-out {calibration_out}: give a file in an existing folder")
+    if not fit_only:
+        missing = [m for m in ("torch", "transformers", "peft", "deepspeed") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise PlannerError(f"harness calibrate needs {', '.join(missing)} to run: pip install -e '.[harness]' (or --fit-only)")
+    cal, path, recs = calibrate(
+        g, records, _command(), calibration_out, ray_address, published, limit, fit_only, progress=_progress
+    )
+    if as_json:
+        sys.stdout.write(json.dumps(cal.model_dump(mode="json"), indent=2) + "\n")
+        return
+    from harness.report import render_calibration
+
+    render_calibration(cal, path, recs)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: every input error is one line on stderr and exit code 2."""
     return run_cli(app, "harness", argv)

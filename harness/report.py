@@ -98,3 +98,28 @@ def render_run(record: Any, console: Any = None) -> None:
             f"save_pretrained tensor payload: {ck.pretrained_tensor_bytes:,} bytes; "
             f"host RSS rise while saving {ck.save_rss_rise_bytes / mib:.1f} MiB"
         )
+
+
+def render_calibration(cal: Any, path: Any, records: list[Any], console: Any = None) -> None:
+    """The fitted coefficients (against the cited defaults) and the residuals per quantity."""
+    from rich.table import Table
+
+    from planner.calibration import load_calibration
+
+    console = console or _console()
+    base = load_calibration("default")
+    failed = sum(1 for m in records if m.result is None)
+    t = Table(title=f"Calibration {cal.id} -> {path}", title_justify="left")
+    for c, j in (("coefficient", "left"), ("default", "right"), ("fitted", "right"), ("unit", "left")):
+        t.add_column(c, justify=j)  # type: ignore[arg-type]
+    for k, c in cal.coefficients.items():
+        if c.calibrated:
+            t.add_row(k, f"{base.value(k):.4g}", f"{c.value:.4g}", c.unit)
+    console.print(t)
+    r = Table(title=f"Residuals: planner with these coefficients vs {cal.n_records} measured runs ({failed} failed run(s) recorded)",
+              title_justify="left")
+    for c in ("quantity", "n", "median |err|", "p90 |err|", "worst |err|", "bias"):
+        r.add_column(c, justify="left" if c == "quantity" else "right")
+    for k, v in (cal.residuals or {}).items():
+        r.add_row(k, str(v.n), f"{v.median_rel:.1%}", f"{v.p90_rel:.1%}", f"{v.max_rel:.1%}", f"{v.bias_rel:+.1%}")
+    console.print(r)

@@ -344,8 +344,10 @@ def safetensors_payload_bytes(path: Path) -> int:
     return path.stat().st_size - 8 - header
 
 
-def run_record(arch: Architecture, spec: TrainingSpec, opts: RunOptions, command: str, progress: Any = None) -> Any:
-    """Run and wrap the result as a ``Measurement`` (a failure becomes a record with its error)."""
+def run_record(arch: Architecture, spec: TrainingSpec, opts: RunOptions, command: str, progress: Any = None, launcher: Any = None) -> Any:
+    """Run and wrap the result as a ``Measurement`` (a failure becomes a record with its error).
+    ``launcher`` starts the ranks: ``launch`` (local processes, the default) or
+    ``harness.ray_run.launch_ray`` bound to a cluster address."""
     import datetime as dt
 
     import deepspeed
@@ -366,7 +368,7 @@ def run_record(arch: Architecture, spec: TrainingSpec, opts: RunOptions, command
     }
     try:
         with tempfile.TemporaryDirectory(prefix="harness-save-") as keep:
-            r = launch(arch, spec, opts, progress, save_root=Path(keep))
+            r = (launcher or launch)(arch, spec, opts, progress, save_root=Path(keep))
             checkpoint = None
             if opts.save and "checkpoint" in r:
                 root = Path(keep) / "save" / "pretrained"

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 from functools import cache
+from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from planner.catalog import data_dir
 from planner.errors import PlannerError
@@ -24,14 +25,65 @@ class Coefficient(BaseModel):
     calibrated: bool = False
 
 
+class Residual(BaseModel):
+    """How far the planner, with these coefficients, is from the measurements of one quantity:
+    relative errors (predicted - measured) / measured, their count, median, 90th percentile and
+    worst absolute value, and the signed median (a bias)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n: int = Field(ge=0)
+    median_rel: float = Field(ge=0)
+    p90_rel: float = Field(ge=0)
+    max_rel: float = Field(ge=0)
+    bias_rel: float = 0.0
+    source: str = Field(default="", description="Which records: e.g. 'data/measurements/run/cpu.jsonl (48 runs)'.")
+
+    @property
+    def band_rel(self) -> float:
+        """The error band a plan shows: the 90th percentile, or the worst case below 10 records."""
+        return self.p90_rel if self.n >= 10 else self.max_rel
+
+
+class Provenance(BaseModel):
+    """Where a fitted calibration comes from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    date: str
+    command: str
+    records: dict[str, int] = Field(description="Record file -> how many of its records the fit used.")
+    versions: dict[str, str] = Field(default_factory=dict, description="Package versions of the measured runs.")
+    hosts: list[str] = Field(default_factory=list)
+
+    @property
+    def n_records(self) -> int:
+        return sum(self.records.values())
+
+
+#: Residual keys a plan turns into error bands.
+PEAK_RESIDUAL = "memory.peak_bytes"
+THROUGHPUT_RESIDUAL = "throughput.tokens_per_s"
+
+
 class Calibration(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str
     fitted: bool
     description: str = ""
+    device: str | None = Field(default=None, description="The GPU (catalog name) or 'cpu' these coefficients were fitted on.")
     coefficients: dict[str, Coefficient]
-    residuals: dict[str, float] | None = None
+    residuals: dict[str, Residual] | None = None
+    provenance: Provenance | None = None
+
+    @property
+    def n_records(self) -> int:
+        return self.provenance.n_records if self.provenance else 0
+
+    def band(self, key: str) -> float | None:
+        r = (self.residuals or {}).get(key)
+        return r.band_rel if r is not None and r.n else None
 
     def value(self, name: str) -> float:
         return self.coefficients[name].value
@@ -60,17 +112,28 @@ REQUIRED = (
     "host_process_bytes",
     "load_shard_bytes",
     "save_shard_bytes",
+    "optimizer_scratch_states",
+    "optimizer_per_tensor_step",
     *TIME_COEFFICIENTS,
 )
 
 
+def calibration_path(name: str) -> Path:
+    """A calibration by name (``data/calibration/<name>.json``) or by path (ends in ``.json``)."""
+    return Path(name) if name.endswith(".json") or "/" in name else data_dir() / "calibration" / f"{name}.json"
+
+
 @cache
 def load_calibration(name: str = "default") -> Calibration:
-    path = data_dir() / "calibration" / f"{name}.json"
+    """A calibration by name or path; ``auto`` (no GPU known) is ``default``."""
+    if name == "auto":
+        name = "default"
+    path = calibration_path(name)
     try:
         cal = Calibration(**json.loads(path.read_text()))
     except OSError:
-        raise PlannerError(f"no calibration {name!r} in {path.parent}") from None
+        known = ", ".join(sorted(p.stem for p in (data_dir() / "calibration").glob("*.json")))
+        raise PlannerError(f"no calibration {name!r} ({path}); known: {known}, or a path to a .json file") from None
     except ValueError as exc:  # JSON syntax or schema
         raise PlannerError(f"calibration {path} is invalid: {str(exc).splitlines()[0]}") from None
     missing = [k for k in REQUIRED if k not in cal.coefficients]
@@ -82,3 +145,13 @@ def load_calibration(name: str = "default") -> Calibration:
     if missing:
         raise PlannerError(f"calibration {name!r} lacks {', '.join(missing)}")
     return cal
+
+
+@cache
+def calibration_for(name: str, gpu: str) -> Calibration:
+    """``--calibration``'s value resolved for one GPU: ``auto`` takes the calibration fitted on
+    that GPU (``data/calibration/<gpu>.json``) when there is one, else ``default``."""
+    if name == "auto":
+        fitted = data_dir() / "calibration" / f"{gpu}.json"
+        return load_calibration(gpu if fitted.exists() else "default")
+    return load_calibration(name)

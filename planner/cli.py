@@ -81,7 +81,12 @@ def plan(
         "auto", "--save-embedding-layers", case_sensitive=False, help="Which embedding layers the adapter carries in full (see README)."
     ),
     double_quant: bool = typer.Option(True, "--double-quant/--no-double-quant", help="QLoRA double quantization."),
-    calibration: str = typer.Option("default", "--calibration", help="Name of a data/calibration/*.json file."),
+    calibration: str = typer.Option(
+        "auto",
+        "--calibration",
+        help="Coefficients: 'auto' (the calibration fitted on the plan's GPU if there is one, else 'default'), "
+        "a name from data/calibration/, or a path to a .json file.",
+    ),
     storage_gb: float | None = typer.Option(
         None, "--storage-gb", min=0.0, help="Disk budget in GB (10^9 bytes): how many fine-tuned models fit, base included."
     ),
@@ -150,7 +155,7 @@ def plan(
         raise PlannerError("--models goes with `plan sweep`, --max-nodes with `plan cheapest`")
     if model is None:
         raise PlannerError("missing --model (e.g. --model 70b); see `plan --help`")
-    from planner.calibration import load_calibration
+    from planner.calibration import calibration_for
     from planner.plan import build_plan
 
     arch = catalog.find_model(model)
@@ -177,9 +182,9 @@ def plan(
     if storage_gb is not None and not math.isfinite(storage_gb):
         raise PlannerError("--storage-gb must be a finite number of GB")
     storage = None if storage_gb is None else int(storage_gb * 10**9)
-    cal = load_calibration(calibration)
+    cal = calibration_for(calibration, the_gpu.id)
     if compare:
-        _compare(arch, spec, fields, gpu, gpus, instances or instance, methods, cal, tokens, epochs, storage, as_json)
+        _compare(arch, spec, fields, gpu, gpus, instances or instance, methods, calibration, tokens, epochs, storage, as_json)
         return
     if batch_size.strip().lower() == "max":
         from planner.plan import max_micro_batch
@@ -194,8 +199,9 @@ def plan(
         render_plan(result, _console())
 
 
-def _compare(arch, spec, fields, gpu, gpus, instances, methods, cal, tokens, epochs, storage, as_json) -> None:  # type: ignore[no-untyped-def]
+def _compare(arch, spec, fields, gpu, gpus, instances, methods, calibration, tokens, epochs, storage, as_json) -> None:  # type: ignore[no-untyped-def]
     """``plan compare``: each (hardware, method) at the given micro batch and at its largest."""
+    from planner.calibration import calibration_for
     from planner.plan import build_plan
 
     wanted = [m.strip().lower() for m in (methods or "full,lora").split(",") if m.strip()]
@@ -210,6 +216,7 @@ def _compare(arch, spec, fields, gpu, gpus, instances, methods, cal, tokens, epo
         hardware = [(None, catalog.find_gpu(gpu), gpus or 1)]
     rows = []
     for inst, the_gpu, per_node in hardware:
+        cal = calibration_for(calibration, the_gpu.id)
         for m in wanted:
             s = make_spec(arch, fields, m, per_node, spec.micro_batch_size)
             at_b = build_plan(arch, s, the_gpu, inst, cal, storage_bytes=storage, dataset_tokens=tokens, epochs=epochs)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from planner import catalog
-from planner.calibration import load_calibration
+from planner.calibration import calibration_for
 from planner.errors import PlannerError
 from planner.inputs import make_spec
 from planner.plan import Plan, build_plan, max_micro_batch
@@ -93,7 +93,7 @@ def plan_rows(job: Job, model: str, method: str, gpu: Gpu, inst: Instance | None
     if method not in METHODS:
         raise PlannerError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
     arch = catalog.find_model(model)
-    cal = load_calibration(job.calibration)
+    cal = calibration_for(job.calibration, gpu.id)
     hardware = inst.id if inst else f"{per_node}x {gpu.id}"
     fields = {**job.fields, "nodes": nodes}
     rows = []

@@ -46,6 +46,10 @@ HOST_PHASES = ("model_load", "train", "checkpoint_save")
 ALLOCATOR_ROUND_BYTES = 2 * 2**20  # CUDACachingAllocator rounds large segments to 2 MiB
 
 
+#: DeepSpeed's all-reduce bucket without ZeRO (deepspeed/runtime/engine.py MEMORY_OPT_ALLREDUCE_SIZE).
+DS_ALLREDUCE_BUCKET_ELEMS = 500_000_000
+
+
 @dataclass(frozen=True)
 class ParamCounts:
     total: int  # every parameter the training process holds (base + adapters + copies)
@@ -260,15 +264,40 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
     if zero == 3 and fsdp is None:  # FSDP2 steps the whole shard with one foreach AdamW
         step_elems = min(step_elems, ds.sub_group_size)
     step_temp = 0
+    step_grads = grads_all
     if not offload_opt:
         # Mixed precision steps the fp32 masters on an fp32 copy of the 16-bit gradients, alive
         # through the update, next to the optimizer's own scratch. ZeRO makes that copy from a
         # flat 16-bit one (stage_1_and_2.py / stage3.py ``self.flatten(grads).to(fp32)``), which
         # is freed before the update starts: whichever of the two is larger sets the peak.
+        # Under ZeRO 1-3 the copy is the fp32 partition's ``.grad`` (a gradient, as harness runs
+        # label it): stages 1/2 free their 16-bit partition once it is made
+        # (stage_1_and_2.py ``averaged_gradients[i] = None``), stage 3 keeps its flat buffer.
         fp32_grads = 4 * step_elems if dt.master else 0
         flat16 = g * step_elems if (dt.master and zero >= 1) else 0
-        step_temp = fp32_grads + max(flat16, optimizer_step_temp_bytes(spec.optimizer, dt, step_elems))
+        scratch = optimizer_step_temp_bytes(spec.optimizer, dt, step_elems, cal.value("optimizer_scratch_states"))
+        if zero >= 1 and fsdp is None and fp32_grads:
+            step_grads = fp32_grads + (standing if zero == 3 else 0)
+            step_temp = max(flat16, scratch)
+        elif zero == 0 and fsdp is None and fp32_grads and cal.value("optimizer_per_tensor_step") >= 0.5:
+            # DeepSpeed without ZeRO and with an optimizer other than its FusedAdam (e.g.
+            # torch's AdamW, as harness runs on CPU use) wraps it in FP16_UnfusedOptimizer:
+            # every parameter's fp32 gradient copy is made (and held, beside the 16-bit
+            # gradients) before the step, which then updates one fp32 master at a time, so the
+            # scratch is that of the largest parameter (fp16/unfused_optimizer.py). With
+            # FusedAdam (a config's "AdamW" on CUDA) FP16_Optimizer flattens the fp32 copies
+            # into one gradient: the composition below (fp16/fused_optimizer.py).
+            step_grads = grads_all + fp32_grads
+            largest = _largest_trainable_elems(arch, spec, pc, dt.weight)
+            step_temp = optimizer_step_temp_bytes(spec.optimizer, dt, largest, cal.value("optimizer_scratch_states"))
+        else:
+            step_temp = fp32_grads + max(flat16, scratch)
 
+    if zero == 0 and n > 1 and fsdp is None and not offload_opt:
+        # Without ZeRO, DeepSpeed all-reduces the 16-bit gradients at the step through one
+        # flat copy of up to 5e8 elements (engine.py ``allreduce_gradients`` /
+        # ``buffered_allreduce_fallback``, MEMORY_OPT_ALLREDUCE_SIZE).
+        step_temp += min(grads_all, DS_ALLREDUCE_BUCKET_ELEMS * g)
     # Reduce buckets: allocated whole (reduce_bucket_size elements), for ZeRO-3 at init.
     # One GPU reduces nothing.
     buckets = reduce_buckets_bytes(zero, reduce_bucket_elems(arch, ds), g, ds) if n > 1 and fsdp is None else 0
@@ -432,7 +461,7 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
             Split(resident + fsdp.root, layers_sharded + fsdp.root_grad_all, opt, 0, fsdp.root_reduce_scatter),
         ]
     bwd = max(moments, key=lambda x: x.total)
-    step = Split(resident, grads_all, opt, 0, step_temp + standing_buckets)
+    step = Split(resident, step_grads, opt, 0, step_temp + standing_buckets)
     save = Split(resident, standing, opt, 0, (live if zero == 3 else 0) + standing_buckets)
     phases = {"forward": fwd, "backward": bwd, "optimizer_step": step, "checkpoint_save": save}
     peak_phase = max(GPU_PHASES, key=lambda p: phases[p].total)
@@ -448,6 +477,17 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         cuda_context_bytes=cal.bytes("cuda_context_bytes"),
         activation_items=items,
     )
+
+
+def _largest_trainable_elems(arch: Architecture, spec: TrainingSpec, pc: ParamCounts, weight_bytes: int) -> int:
+    """Elements of the largest trainable tensor: a whole module's weight in full fine-tuning
+    (the embedding or the largest projection), else the largest LoRA module's A + B (an upper
+    bound on either) or a module kept whole for saving."""
+    if spec.method == "full":
+        return pc.largest_module_bytes // weight_bytes
+    lora = max((prm.lora_module_params(arch, t, spec.lora_rank) for t in spec.lora_targets if t in LAYER_LINEARS), default=0)
+    whole = max((arch.vocab_size * arch.hidden_size for t in spec.modules_to_save if t in ("embed_tokens", "lm_head")), default=0)
+    return min(pc.trainable, max(lora, whole))
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from planner.calibration import TIME_COEFFICIENTS, Calibration, load_calibration
+from planner.calibration import PEAK_RESIDUAL, THROUGHPUT_RESIDUAL, TIME_COEFFICIENTS, Calibration, load_calibration
 from planner.formulas import checkpoint as ckpt
 from planner.formulas.dtypes import adapter_dtype
 from planner.memory import CATEGORIES, GpuMemory, HostMemory, gpu_memory, host_memory, param_counts
@@ -98,6 +98,11 @@ class PerGpu(_Out):
     activation_inventory: list[ActivationItem] = Field(
         description="Saved tensors of one decoder layer (layer.*, before checkpointing) and outside the layers."
     )
+    peak_error_rel: float | None = Field(
+        default=None,
+        description="Error band of peak_bytes: the calibration's relative error on measured peaks (90th percentile, or worst "
+        "below 10 records; calibration.residuals['memory.peak_bytes']). None when the calibration has no such residual.",
+    )
 
 
 class HostPhasePeaks(_Out):
@@ -156,11 +161,24 @@ class CoefficientUse(_Out):
     calibrated: bool
 
 
+class ResidualOut(_Out):
+    n: int
+    median_rel: float
+    p90_rel: float
+    max_rel: float
+    bias_rel: float
+    source: str
+
+
 class CalibrationInfo(_Out):
     id: str
     fitted: bool
+    device: str | None = Field(default=None, description="What the coefficients were fitted on (a GPU name or 'cpu').")
+    n_records: int = Field(default=0, description="Measurements the fit used (0 for cited defaults).")
     coefficients: dict[str, CoefficientUse]
-    residuals: dict[str, float] | None
+    residuals: dict[str, ResidualOut] | None = Field(
+        description="Per quantity: the planner's relative error against the measurements behind this calibration."
+    )
 
 
 class StepParts(_Out):
@@ -180,6 +198,11 @@ class Throughput(_Out):
     step_time_parts: StepParts
     bottleneck: Literal["compute", "communication", "offload", "optimizer", "framework"]
     calibrated: bool = Field(description="False while the time coefficients are cited defaults.")
+    tokens_per_s_error_rel: float | None = Field(
+        default=None,
+        description="Error band of tokens_per_s: the calibration's relative error on measured throughput "
+        "(calibration.residuals['throughput.tokens_per_s']). None when the calibration has no such residual.",
+    )
 
 
 class TimeCost(_Out):
@@ -309,6 +332,7 @@ def build_plan(
         cuda_context_bytes=g.cuda_context_bytes,
         allocator_reserve_bytes=g.peak_reserved_bytes - g.peak_allocated_bytes,
         activation_inventory=[ActivationItem(name=x.name, bytes=x.bytes) for x in g.activation_items],
+        peak_error_rel=cal.band(PEAK_RESIDUAL),
     )
     host_phases = h.phases
     per_node_cpu = PerNodeCpu(
@@ -386,6 +410,7 @@ def build_plan(
         ),
         bottleneck=t.bottleneck,  # type: ignore[arg-type]
         calibrated=all(cal.coefficients[k].calibrated for k in TIME_COEFFICIENTS),
+        tokens_per_s_error_rel=cal.band(THROUGHPUT_RESIDUAL),
     )
     time_and_cost = TimeCost(**vars(tc))
     return Plan(
@@ -404,7 +429,9 @@ def build_plan(
         calibration=CalibrationInfo(
             id=cal.id,
             fitted=cal.fitted,
+            device=cal.device,
+            n_records=cal.n_records,
             coefficients={k: CoefficientUse(value=c.value, calibrated=c.calibrated) for k, c in cal.coefficients.items()},
-            residuals=cal.residuals,
+            residuals=None if cal.residuals is None else {k: ResidualOut(**r.model_dump()) for k, r in cal.residuals.items()},
         ),
     )

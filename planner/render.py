@@ -32,6 +32,24 @@ def _count(n: int) -> str:
     return f"{n:,}"
 
 
+def _band(error_rel: float | None) -> str:
+    """`` ± 4%``: the calibration's error band on a number (nothing when it has none)."""
+    return "" if error_rel is None else f" ± {error_rel:.0%}"
+
+
+def _residual_line(residuals: dict | None) -> str:
+    """The error bands' basis: per quantity, the residuals behind the calibration."""
+    if not residuals:
+        return "No residuals: the numbers carry no error band. "
+    keep = {"memory.peak_bytes": "peak memory", "throughput.tokens_per_s": "tokens/s"}
+    parts = [
+        f"{label} {r.median_rel:.0%} median / {r.p90_rel:.0%} p90 / {r.max_rel:.0%} worst |error| over {r.n} ({r.source or 'records'})"
+        for key, label in keep.items()
+        if (r := residuals.get(key)) is not None
+    ]
+    return ("Error bands (±) from: " + "; ".join(parts) + ". ") if parts else ""
+
+
 def render_plan(plan: Plan, console: Console) -> None:
     spec = plan.inputs.spec
     hw = plan.inputs.hardware
@@ -90,7 +108,7 @@ def render_plan(plan: Plan, console: Console) -> None:
     verdict.add_row(
         f"GPU memory per GPU (peak {g.peak_phase.replace('_', ' ')}: "
         f"reserved {gib(g.peak_reserved_bytes)} + CUDA context {gib(g.cuda_context_bytes)})",
-        gib(g.peak_bytes),
+        gib(g.peak_bytes) + _band(g.peak_error_rel),
         gib(m.gpu_capacity_bytes),
         gib(m.gpu_headroom_bytes),
         mark(m.fits_gpu),
@@ -165,10 +183,13 @@ def render_plan(plan: Plan, console: Console) -> None:
     defaults = [k for k, v in cal.coefficients.items() if not v.calibrated]
     fitted = [k for k, v in cal.coefficients.items() if v.calibrated]
     console.print(
-        f"[dim]Calibration {cal.id}: counts of parameters, weights, optimizer states and checkpoints are exact; "
-        f"live tensors per phase (activations, gradients, optimizer scratch) agree within 3 % with full-size traces of the real "
-        f"training code (harness trace; not DeepSpeed's own buffers, not yet real GPU runs). "
-        f"Calibrated coefficients: {', '.join(fitted) or 'none'}. Cited defaults, not fitted: {', '.join(defaults) or 'none'}. "
+        f"[dim]Calibration {cal.id}"
+        + (f" (fitted on {cal.device}, {cal.n_records} measured runs)" if cal.fitted else " (cited defaults)")
+        + ": counts of parameters, weights, optimizer states and checkpoints are exact; "
+        "live tensors per phase agree within 3 % with full-size traces of the real training code (harness trace) and "
+        "with real DeepSpeed runs on CPU as `harness calibrate` reports; not yet real GPU runs. "
+        + _residual_line(cal.residuals)
+        + f"Calibrated coefficients: {', '.join(fitted) or 'none'}. Cited defaults, not fitted: {', '.join(defaults) or 'none'}. "
         f"GiB = 2^30 bytes.[/]"
     )
 
@@ -181,7 +202,7 @@ def _render_time(plan: Plan, console: Console) -> None:
     tab.add_column("quantity")
     tab.add_column("value", justify="right")
     parts = t.step_time_parts
-    tab.add_row("tokens/s (all GPUs; per GPU)", f"{t.tokens_per_s:,.0f}; {t.tokens_per_s_per_gpu:,.0f}")
+    tab.add_row("tokens/s (all GPUs; per GPU)", f"{t.tokens_per_s:,.0f}; {t.tokens_per_s_per_gpu:,.0f}" + _band(t.tokens_per_s_error_rel))
     tab.add_row(f"step time s ({t.tokens_per_step:,} tokens/step)", f"{t.step_time_s:.3f}")
     for name, v in (
         ("compute", parts.compute_s),

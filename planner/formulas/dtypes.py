@@ -58,14 +58,16 @@ def optimizer_state_bytes(optimizer: Optimizer, dt: Dtypes, numel: int) -> int:
     return 0
 
 
-def optimizer_step_temp_bytes(optimizer: Optimizer, dt: Dtypes, numel: int) -> int:
+def optimizer_step_temp_bytes(optimizer: Optimizer, dt: Dtypes, numel: int, scratch_states: float = 1.0) -> int:
     """Scratch the optimizer step allocates for ``numel`` elements at once.
 
     torch's foreach AdamW (the default on CUDA) builds ``exp_avg_sq_sqrt = _foreach_sqrt(...)``,
-    one state-sized temporary (torch/optim/adamw.py ``_multi_tensor_adamw``). bitsandbytes and
-    SGD update in place.
+    one state-sized temporary (torch/optim/adam.py ``_multi_tensor_adam``); the single-tensor
+    path (the default for CPU tensors) computes ``(exp_avg_sq.sqrt() / bias_correction2_sqrt)``
+    and holds two (``_single_tensor_adam``). ``scratch_states`` is that count (the calibration's
+    ``optimizer_scratch_states``). bitsandbytes and SGD update in place.
     """
-    return dt.state * numel if optimizer == "adamw" else 0
+    return int(scratch_states * dt.state * numel) if optimizer == "adamw" else 0
 
 
 ADAPTER_DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}

@@ -1,0 +1,410 @@
+"""Fit the planner's coefficients to measured runs and published points; measure what is left.
+
+``fit_calibration`` takes ``harness run`` records (and, for throughput, published points),
+fits the coefficients the records can tell apart (``planner.fit`` says which, from what) and
+returns a ``Calibration`` with provenance and residuals: per quantity, the planner's relative
+errors with the fitted coefficients (n, median, 90th percentile, worst). ``residuals`` does
+the second half alone, for any calibration. Pure Python: no torch, so the planner can refit
+and check itself anywhere.
+
+Quantities (residual keys):
+
+- ``memory.peak_bytes``: the planner's peak allocated bytes vs the run's peak live tensor bytes
+  (rank 0, over forward, backward and the optimizer step);
+- ``memory.<category>_bytes``: each category at each phase's peak, where it is at least
+  ``CATEGORY_FLOOR`` of that phase (smaller ones say nothing about the peak);
+- ``host.rss_bytes``: ``host_process_bytes + (1 + allocator_reserve_fraction) * peak`` vs the
+  process's peak RSS (CPU runs);
+- ``checkpoint.pretrained_bytes``: adapter (or 16-bit model) tensor bytes on disk;
+- ``throughput.tokens_per_s``: tokens/s per GPU of GPU runs and published points.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from planner import fit
+from planner.calibration import PEAK_RESIDUAL, THROUGHPUT_RESIDUAL, Calibration, Coefficient, Provenance, Residual
+from planner.catalog import find_gpu, find_model
+from planner.errors import PlannerError
+from planner.measurement import CATEGORIES, Measurement, RunResult
+from planner.memory import gpu_memory, param_counts
+from planner.schemas import Gpu
+from planner.timing import step_timing
+
+#: A category smaller than this fraction of its phase's measured peak is not held to a
+#: relative error (a few KiB of scratch next to megabytes of weights).
+CATEGORY_FLOOR = 0.05
+#: Memory coefficients that CPU runs can fit; throughput ones need GPU runs or published points.
+MEMORY_FITTED = ("optimizer_scratch_states", "optimizer_per_tensor_step", "allocator_reserve_fraction", "host_process_bytes")
+THROUGHPUT_FITTED = ("compute_efficiency_max", "compute_tokens_half")
+
+
+@dataclass(frozen=True)
+class ThroughputPoint:
+    """One measured tokens/s per GPU and how the planner predicts it under a calibration."""
+
+    label: str
+    measured: float
+    predict: Callable[[Calibration], float]
+    tokens_per_micro_step: int = 0
+
+
+def _runs(records: Iterable[Measurement]) -> list[tuple[Measurement, RunResult]]:
+    return [(m, m.result) for m in records if isinstance(m.result, RunResult)]
+
+
+def with_values(cal: Calibration, values: dict[str, float], source: str = "", calibrated: bool = True) -> Calibration:
+    coefficients = dict(cal.coefficients)
+    for k, v in values.items():
+        old = coefficients[k]
+        coefficients[k] = Coefficient(value=v, unit=old.unit, source=source or old.source, calibrated=calibrated)
+    return cal.model_copy(update={"coefficients": coefficients})
+
+
+def solve_monotone(f: Callable[[float], float], target: float, lo: float, hi: float, iters: int = 30) -> float:
+    """The x in [lo, hi] where the non-decreasing ``f`` crosses ``target`` (bisection; clamped)."""
+    if f(lo) >= target:
+        return lo
+    if f(hi) <= target:
+        return hi
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if f(mid) < target else (lo, mid)
+    return (lo + hi) / 2
+
+
+# -- memory ------------------------------------------------------------------------------------
+
+
+def fit_optimizer_scratch(records: Sequence[Measurement], cal: Calibration) -> tuple[float, int] | None:
+    """The optimizer step's scratch in state-sized tensors: per run (optimizer on the device,
+    AdamW, ZeRO 1-3 whose step the planner composes from DeepSpeed's own code), the value that
+    makes the planner's temporaries at the step equal the measured ones; the median of those."""
+    per_run: list[float] = []
+    for m, r in _runs(records):
+        s = m.spec
+        step = r.phases.get("optimizer_step")
+        if step is None or s.offload != "none" or s.optimizer != "adamw" or s.zero_stage == 0:
+            continue
+        arch = find_model(m.model)
+
+        def temps(x: float, arch=arch, s=s) -> float:  # type: ignore[no-untyped-def]
+            return gpu_memory(arch, s, with_values(cal, {"optimizer_scratch_states": x})).phases["optimizer_step"].temporaries
+
+        if temps(4.0) == temps(0.0):
+            continue
+        per_run.append(solve_monotone(temps, step.at_peak_bytes.temporaries, 0.0, 4.0))
+    return (fit.median(per_run), len(per_run)) if per_run else None
+
+
+def fit_per_tensor_step(records: Sequence[Measurement], cal: Calibration) -> tuple[float, int] | None:
+    """``optimizer_per_tensor_step`` (0 or 1): which of DeepSpeed's two no-ZeRO wrappers the
+    ZeRO-0 runs used, by which predicts their optimizer-step peaks better (median |error|)."""
+    zero0 = [(m, r) for m, r in _runs(records) if m.spec.zero_stage == 0 and m.spec.offload == "none" and "optimizer_step" in r.phases]
+    if not zero0:
+        return None
+
+    def err(v: float) -> float:
+        c = with_values(cal, {"optimizer_per_tensor_step": v})
+        return fit.median(
+            [
+                abs(
+                    fit.rel_error(
+                        gpu_memory(find_model(m.model), m.spec, c).phases["optimizer_step"].total, r.phases["optimizer_step"].peak_bytes
+                    )
+                )
+                for m, r in zero0
+            ]
+        )
+
+    return (min((0.0, 1.0), key=err), len(zero0))
+
+
+def fit_host(records: Sequence[Measurement], cal: Calibration) -> tuple[float, float, int] | None:
+    """``(allocator_reserve_fraction, host_process_bytes, n)`` from CPU runs: the Theil-Sen line
+    of each rank-0 process's peak RSS over its peak live tensor bytes."""
+    pts = [(r.peak_bytes, r.max_rss_bytes) for _, r in _runs(records) if not r.device.lower().startswith("nvidia")]
+    if len({x for x, _ in pts}) < 2:
+        return None
+    slope, intercept = fit.theil_sen([float(x) for x, _ in pts], [float(y) for _, y in pts])
+    return max(slope - 1.0, 0.0), max(intercept, 0.0), len(pts)
+
+
+def fit_cuda_reserve(records: Sequence[Measurement]) -> tuple[float, int] | None:
+    """``allocator_reserve_fraction`` on CUDA: the median of max_reserved / max_allocated - 1."""
+    ratios = [
+        ph.cuda_max_reserved_bytes / ph.cuda_max_allocated_bytes - 1.0
+        for _, r in _runs(records)
+        for ph in r.phases.values()
+        if ph.cuda_max_reserved_bytes and ph.cuda_max_allocated_bytes
+    ]
+    return (max(fit.median(ratios), 0.0), len(ratios)) if ratios else None
+
+
+def memory_errors(records: Sequence[Measurement], cal: Calibration) -> dict[str, list[float]]:
+    """Relative errors per memory quantity (see the module docstring)."""
+    from planner.formulas.checkpoint import adapter_bytes, merged_model_bytes
+
+    out: dict[str, list[float]] = {}
+
+    def add(key: str, predicted: float, measured: float) -> None:
+        out.setdefault(key, []).append(fit.rel_error(predicted, measured))
+
+    for m, r in _runs(records):
+        arch = find_model(m.model)
+        pred = gpu_memory(arch, m.spec, cal)
+        peak_pred = max(pred.phases[p].total for p in r.phases)
+        add(PEAK_RESIDUAL, peak_pred, r.peak_bytes)
+        for phase, meas in r.phases.items():
+            p = pred.phases[phase]
+            for c in CATEGORIES:
+                mv = getattr(meas.at_peak_bytes, c)
+                if mv >= CATEGORY_FLOOR * meas.peak_bytes:
+                    add(f"memory.{c}_bytes", getattr(p, c), mv)
+        if not r.device.lower().startswith("nvidia"):
+            rss = cal.value("host_process_bytes") + (1 + cal.value("allocator_reserve_fraction")) * peak_pred
+            add("host.rss_bytes", rss, r.max_rss_bytes)
+        if r.checkpoint is not None:
+            want = adapter_bytes(arch, m.spec).total if m.spec.method != "full" else merged_model_bytes(arch, m.spec)
+            add("checkpoint.pretrained_bytes", want, r.checkpoint.pretrained_tensor_bytes)
+    return out
+
+
+# -- throughput ---------------------------------------------------------------------------------
+
+
+def gpu_of_device(device: str) -> Gpu | None:
+    """The catalog GPU a CUDA device name (``torch.cuda.get_device_name()``) stands for."""
+    name = device.lower().removeprefix("nvidia").strip()
+    for guess in (name, name.replace(" ", "-"), name.split()[0] if name else ""):
+        if not guess:
+            continue
+        try:
+            return find_gpu(guess)
+        except PlannerError:
+            continue
+    return None
+
+
+def run_throughput_points(records: Sequence[Measurement]) -> list[ThroughputPoint]:
+    """GPU runs as throughput points (CPU tokens/s on a shared machine says nothing: skipped)."""
+    pts = []
+    for m, r in _runs(records):
+        gpu = gpu_of_device(r.device)
+        if gpu is None or r.tokens_per_s <= 0:
+            continue
+        arch = find_model(m.model)
+
+        def predict(cal: Calibration, arch=arch, spec=m.spec, gpu=gpu) -> float:  # type: ignore[no-untyped-def]
+            t = step_timing(arch, spec, param_counts(arch, spec), gpu, None, cal)
+            return t.tokens_per_s / t.world
+
+        label = f"run {m.model} {m.spec.method} b{m.spec.micro_batch_size}"
+        pts.append(ThroughputPoint(label, r.tokens_per_s / r.world_size, predict, m.spec.tokens_per_micro_batch))
+    return pts
+
+
+def published_throughput_points() -> list[ThroughputPoint]:
+    from planner.published import predicted_tokens_per_s_per_gpu, published_throughput
+
+    return [
+        ThroughputPoint(
+            p.id,
+            p.tokens_per_s_per_gpu,
+            lambda cal, p=p: predicted_tokens_per_s_per_gpu(p, cal),  # type: ignore[misc]
+            p.plan_options.batch_size * p.plan_options.seq_len,
+        )
+        for p in published_throughput()
+    ]
+
+
+#: ``compute_tokens_half`` is fitted only from points that reach below this many tokens per
+#: micro-step (at least ``HALF_MIN_POINTS`` of them): above it the efficiency curve is flat and
+#: its knee cannot be told from the plateau, so a fit there would trade GPU-to-GPU differences
+#: for a knee nobody measured.
+HALF_TOKENS_BELOW = 2048
+HALF_MIN_POINTS = 3
+
+
+def fit_throughput(
+    points: Sequence[ThroughputPoint], cal: Calibration, tokens_per_micro_step: Sequence[int] = ()
+) -> tuple[float, float | None]:
+    """``(compute_efficiency_max, compute_tokens_half or None)`` minimising the median |log
+    error|; the knee only when the points reach small micro-steps (``HALF_TOKENS_BELOW``)."""
+    if len(points) < 3:
+        raise PlannerError(f"a throughput fit needs at least 3 points (got {len(points)})")
+    with_knee = sum(1 for t in tokens_per_micro_step if t < HALF_TOKENS_BELOW) >= HALF_MIN_POINTS
+    half0 = cal.value("compute_tokens_half")
+
+    def loss(emax: float, half: float = half0) -> float:
+        c = with_values(cal, {"compute_efficiency_max": emax, "compute_tokens_half": half})
+        return fit.median_abs_log_error([p.predict(c) for p in points], [p.measured for p in points])
+
+    emax_grid = [0.3 + 0.05 * i for i in range(15)]
+    if with_knee:
+        emax, half = fit.grid_search(loss, [emax_grid, fit.geometric_grid(16, 8192, 10)], refine=2)
+        return emax, half
+    (emax,) = fit.grid_search(loss, [emax_grid], refine=3)
+    return emax, None
+
+
+def throughput_errors(points: Sequence[ThroughputPoint], cal: Calibration) -> list[float]:
+    return [fit.rel_error(p.predict(cal), p.measured) for p in points]
+
+
+# -- the whole calibration ------------------------------------------------------------------------
+
+
+def residuals(
+    records: Sequence[Measurement], cal: Calibration, throughput_points: Sequence[ThroughputPoint] = (), source: str = ""
+) -> dict[str, Residual]:
+    errors = memory_errors(records, cal)
+    if throughput_points:
+        errors[THROUGHPUT_RESIDUAL] = throughput_errors(throughput_points, cal)
+    out = {}
+    for key, errs in sorted(errors.items()):
+        s = fit.summarize(errs)
+        out[key] = Residual(n=s.n, median_rel=s.median_rel, p90_rel=s.p90_rel, max_rel=s.max_rel, bias_rel=s.bias_rel, source=source)
+    return out
+
+
+def fit_calibration(
+    records: Sequence[Measurement],
+    base: Calibration,
+    *,
+    device: str,
+    command: str,
+    record_files: dict[str, int],
+    throughput_points: Sequence[ThroughputPoint] = (),
+    date: str | None = None,
+) -> Calibration:
+    """Fit what the records can tell apart; everything else keeps ``base``'s value and source."""
+    runs = _runs(records)
+    if not runs:
+        raise PlannerError("no measured runs to fit (every record holds an error, or none were given)")
+    when = date or dt.date.today().isoformat()
+    where = ", ".join(f"{f} ({n})" for f, n in record_files.items())
+    cal = base
+    scratch = fit_optimizer_scratch(records, cal)
+    if scratch is not None:
+        v, n = scratch
+        cal = with_values(
+            cal,
+            {"optimizer_scratch_states": round(v, 3)},
+            f"Fitted {when} by harness calibrate: median over {n} runs' optimizer-step temporaries ({where}).",
+        )
+    per_tensor = fit_per_tensor_step(records, cal)
+    if per_tensor is not None:
+        v, n = per_tensor
+        cal = with_values(
+            cal,
+            {"optimizer_per_tensor_step": v},
+            f"Fitted {when} by harness calibrate: the wrapper that predicts the optimizer-step peaks of {n} ZeRO-0 runs better ({where}).",
+        )
+    cuda_runs = [m for m, r in runs if r.device.lower().startswith("nvidia")]
+    if cuda_runs:
+        reserve = fit_cuda_reserve(cuda_runs)
+        if reserve is not None:
+            v, n = reserve
+            cal = with_values(
+                cal,
+                {"allocator_reserve_fraction": round(v, 4)},
+                f"Fitted {when}: median max_reserved/max_allocated - 1 over {n} phases of GPU runs ({where}).",
+            )
+    else:
+        host = fit_host(records, cal)
+        if host is not None:
+            frac, proc, n = host
+            src = f"Fitted {when}: Theil-Sen line of peak RSS over peak tensor bytes, {n} CPU runs ({where})."
+            cal = with_values(cal, {"allocator_reserve_fraction": round(frac, 4), "host_process_bytes": float(int(proc))}, src)
+    points = [*run_throughput_points(records), *throughput_points]
+    if len(points) >= 3:
+        emax, half = fit_throughput(points, cal, [p.tokens_per_micro_step for p in points])
+        src = f"Fitted {when}: median |log error| over {len(points)} tokens/s points (GPU runs and published, {where})."
+        values = {"compute_efficiency_max": round(emax, 4), **({} if half is None else {"compute_tokens_half": round(half, 1)})}
+        cal = with_values(cal, values, src)
+    versions: dict[str, str] = {}
+    for m, _ in runs:
+        versions.update(m.versions)
+    provenance = Provenance(date=when, command=command, records=record_files, versions=versions, hosts=sorted({m.host for m, _ in runs}))
+    return cal.model_copy(
+        update={
+            "id": f"{device}-{when}",
+            "fitted": True,
+            "device": device,
+            "description": f"Fitted by harness calibrate on {device}: {where}.",
+            "residuals": residuals(records, cal, points, source=where),
+            "provenance": provenance,
+        }
+    )
+
+
+def trace_peak_errors(records: Sequence[Measurement], cal: Calibration) -> list[float]:
+    """Peak memory errors on ``harness trace`` records (full-size models, one GPU's live tensors
+    without DeepSpeed): the evidence behind the cited defaults' memory band."""
+    from planner.agreement import compare
+    from planner.measurement import TraceResult
+
+    out = []
+    for m in records:
+        if isinstance(m.result, TraceResult) and len(m.result.steps) >= 2:
+            row = next(r for r in compare(m, cal) if r.what == "peak")
+            out.append(row.error_rel)
+    return out
+
+
+def default_residuals(
+    cal: Calibration,
+    trace_dir: str = "data/measurements/trace",
+    run_file: str = "data/measurements/run/cpu.jsonl",
+    run_calibration: str = "cpu",
+) -> dict[str, Residual]:
+    """Residuals of GPU plans under cited defaults. Peak memory: the full-size traces (live
+    tensors of the real training code, no DeepSpeed) and the real DeepSpeed runs on CPU, the
+    latter evaluated with the coefficients fitted to their device (the optimizer's scratch and
+    the allocator differ between CPU and CUDA; what the model gets wrong in DeepSpeed's
+    structure carries over). Tokens/s: the published points."""
+    from pathlib import Path
+
+    from planner.calibration import load_calibration
+    from planner.measurement import read_measurements
+
+    traces = trace_peak_errors(read_measurements(Path(trace_dir)), cal)
+    runs = memory_errors(read_measurements(Path(run_file)), load_calibration(run_calibration))[PEAK_RESIDUAL]
+    peak = fit.summarize(traces + runs)
+    thr = fit.summarize(throughput_errors(published_throughput_points(), cal))
+
+    def res(s: fit.Summary, source: str) -> Residual:
+        return Residual(n=s.n, median_rel=s.median_rel, p90_rel=s.p90_rel, max_rel=s.max_rel, bias_rel=s.bias_rel, source=source)
+
+    return {
+        PEAK_RESIDUAL: res(peak, f"{len(traces)} full-size traces ({trace_dir}) and {len(runs)} DeepSpeed runs on CPU ({run_file})"),
+        THROUGHPUT_RESIDUAL: res(thr, "published runs (data/published/throughput.json)"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m planner.calibrate --residuals default``: recompute a calibration file's residuals."""
+    import argparse
+    import json
+
+    from planner.calibration import calibration_path
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--residuals", required=True, help="calibration name or path whose residuals to recompute (default)")
+    args = parser.parse_args(argv)
+    path = calibration_path(args.residuals)
+    raw = json.loads(path.read_text())
+    cal = Calibration.model_validate(raw)
+    raw["residuals"] = {k: v.model_dump() for k, v in default_residuals(cal).items()}
+    path.write_text(json.dumps(raw, indent=2) + "\n")
+    for k, v in raw["residuals"].items():
+        print(f"{k}: n={v['n']} median {v['median_rel']:.1%} p90 {v['p90_rel']:.1%} worst {v['max_rel']:.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,131 @@
+"""``harness calibrate`` on the CI grid (data/grids/ci.yaml): real DeepSpeed runs on this CPU,
+interrupted and resumed, then fitted; the planner calibrated for CPU is held to them (issue 5).
+
+Tolerances, at each run's peak phase (rank 0): every category within ``CATEGORY_TOLERANCE`` of
+its measured bytes, unless it is under ``CATEGORY_FLOOR`` of the peak (then it says nothing
+about the peak); parameters and optimizer states exact (Adam's step counters allowed), the
+adapter file's tensor bytes exactly the planner's ``adapter_bytes``. Known gaps, each held to
+its own bound so it cannot grow unnoticed (see ``KNOWN_GAPS``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("deepspeed")
+pytestmark = pytest.mark.harness
+
+from planner.agreement import STEP_COUNTERS_BYTES, label  # noqa: E402
+from planner.calibration import load_calibration  # noqa: E402
+from planner.catalog import find_model  # noqa: E402
+from planner.formulas.checkpoint import adapter_bytes  # noqa: E402
+from planner.measurement import CATEGORIES, RunResult, read_measurements  # noqa: E402
+from planner.memory import gpu_memory  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CATEGORY_TOLERANCE = 0.10
+CATEGORY_FLOOR = 0.05
+#: What the planner does not yet model, and how far off each may be (peak, relative):
+#: ZeRO-3 with LoRA keeps more gathered 16-bit weights through backward than the planner
+#: (frozen weights saved by DeepSpeed's linear wrapper; about a second copy of the model on
+#: these tiny shapes), so its backward peak runs up to 28 % under the measurement.
+KNOWN_GAPS = {("lora", 3): 0.30}
+
+
+def _harness(*args: str) -> list[str]:
+    return [sys.executable, "-c", "import sys; from harness.cli import main; sys.exit(main())", *args]
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    """Run the CI grid, stopping it (SIGINT) once two records are in, then resume it."""
+    tmp = tmp_path_factory.mktemp("calibrate")
+    records, cal_path = tmp / "records.jsonl", tmp / "cpu.json"
+    args = _harness("calibrate", "ci", "--out", str(records), "--calibration-out", str(cal_path))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    first = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and first.poll() is None:
+        if records.exists() and len(records.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGINT)  # Ctrl-C: the grid and its worker processes
+    first.wait(timeout=120)
+    before = records.read_text().splitlines()
+    assert len(before) >= 2 and not cal_path.exists()
+    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return before, records, cal_path, done.stdout
+
+
+def test_an_interrupted_grid_resumes_without_losing_or_repeating(calibrated):
+    from harness.grid import expand, load_grid, record_key
+
+    before, records, _, _ = calibrated
+    after = records.read_text().splitlines()
+    assert after[: len(before)] == before  # what was written stays as it was
+    recs = read_measurements(records)
+    keys = [record_key(m) for m in recs]
+    assert len(keys) == len(set(keys)) == len(expand(load_grid("ci")))  # each spec once
+
+
+def test_the_calibration_is_written_with_provenance_and_residuals(calibrated):
+    _, records, cal_path, stdout = calibrated
+    raw = json.loads(cal_path.read_text())
+    cal = load_calibration(str(cal_path))
+    assert cal.fitted and cal.device == "cpu" and cal.n_records == len(read_measurements(records))
+    assert raw["provenance"]["records"] == {str(records): cal.n_records}
+    assert cal.value("optimizer_scratch_states") == pytest.approx(2.0, abs=0.1)  # CPU AdamW: sqrt and its quotient
+    assert cal.value("optimizer_per_tensor_step") == 1.0  # torch AdamW under DeepSpeed without ZeRO
+    assert cal.residuals is not None and cal.residuals["memory.peak_bytes"].n == cal.n_records
+    assert "Residuals" in stdout and "optimizer_scratch_states" in stdout
+
+
+def _gap(m) -> float | None:
+    return KNOWN_GAPS.get((m.spec.method, m.spec.zero_stage))
+
+
+def test_the_cpu_calibrated_planner_predicts_the_runs(calibrated):
+    _, records, cal_path, _ = calibrated
+    cal = load_calibration(str(cal_path))
+    failures = []
+    checked = 0
+    for m in read_measurements(records):
+        r = m.result
+        assert isinstance(r, RunResult), f"{label(m)} failed: {m.error}"
+        arch = find_model(m.model)
+        pred = gpu_memory(arch, m.spec, cal)
+        p, meas = pred.phases[r.peak_phase], r.phases[r.peak_phase]
+        gap = _gap(m)
+        peak_err = (p.total - meas.peak_bytes) / meas.peak_bytes
+        if gap is not None:
+            if abs(peak_err) > gap:
+                failures.append(f"{label(m)}: known gap grew: peak {peak_err:+.1%} (allowed {gap:.0%})")
+        else:
+            for c in CATEGORIES:
+                mv, pv = getattr(meas.at_peak_bytes, c), getattr(p, c)
+                if mv >= CATEGORY_FLOOR * meas.peak_bytes and abs(pv - mv) > CATEGORY_TOLERANCE * mv:
+                    failures.append(f"{label(m)} {r.peak_phase}.{c}: planner {pv:,} vs measured {mv:,}")
+            checked += 1
+        # counted terms, exactly (ZeRO-3 over two ranks also partitions its persisted parameters: 15 %)
+        sharded3 = m.spec.zero_stage == 3 and m.spec.world_size > 1
+        for phase, ph in r.phases.items():
+            pp = pred.phases[phase]
+            got = ph.at_peak_bytes.parameters
+            if (abs(pp.parameters - got) > 0.15 * got) if sharded3 else pp.parameters != got:
+                failures.append(f"{label(m)} {phase}.parameters: planner {pp.parameters:,} vs measured {got:,}")
+            if abs(pp.optimizer_states - ph.at_peak_bytes.optimizer_states) > STEP_COUNTERS_BYTES:
+                failures.append(f"{label(m)} {phase}.optimizer_states: {pp.optimizer_states:,} vs {ph.at_peak_bytes.optimizer_states:,}")
+        if m.spec.method == "lora":
+            assert r.checkpoint is not None
+            assert r.checkpoint.pretrained_tensor_bytes == adapter_bytes(arch, m.spec).total, label(m)
+    assert checked >= 6
+    assert not failures, "\n".join(failures)
