@@ -3,6 +3,11 @@
 One JSON object per line. A record names the model and the full ``TrainingSpec`` it measured,
 the tool and library versions, the exact command, and what was measured; a failed measurement
 keeps its error instead of numbers (nothing is dropped). ``schema_version`` is checked on load.
+
+Three kinds, one result type each: ``trace`` (``TraceResult``, ``harness trace``), ``run``
+(``RunResult``, ``harness run``) and ``published`` (``PublishedResult``: a figure someone else
+measured and published, mapped to a spec by hand and citing its source; written by
+``python -m planner.published --write``).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from planner.errors import PlannerError
 from planner.spec import TrainingSpec
@@ -111,9 +116,50 @@ class RunResult(_Strict):
     checkpoint: CheckpointFiles | None = None
 
 
+MemoryCounter = Literal["allocated", "active", "reserved", "device"]
+
+
+class PublishedResult(_Strict):
+    """What a publication reports for one training run, per GPU, with its citation.
+
+    The run's setup is the record's ``spec`` (mapped by hand: ``basis`` says how). A figure the
+    source does not give, or gives too loosely to hold the planner to, is ``None``.
+    ``memory_counter`` says which number the peak memory is: ``allocated``
+    (``torch.cuda.max_memory_allocated``), ``active`` (the allocator's ``active_bytes.all.peak``,
+    allocated plus blocks awaiting reuse on another stream), ``reserved``
+    (``torch.cuda.max_memory_reserved``) or ``device`` (``nvidia-smi``: reserved plus the CUDA
+    context and library workspaces)."""
+
+    source: str = Field(description="Citation: repository file @ commit, URL or paper section.")
+    source_id: str = Field(description="The point's id in data/published/*.json (and in shared/reference/published_measurements.jsonl).")
+    source_model: str = Field(description="The model as the source names it (what actually ran).")
+    gpu: str = Field(description="A Gpu.id in data/gpus.json.")
+    instance: str | None = Field(default=None, description="An Instance.id in data/instances.json, when the source names one.")
+    tokens_per_s_per_gpu: float | None = Field(
+        default=None, gt=0, description="Counted as the planner counts: padding included (``basis`` says where the source differs)."
+    )
+    peak_memory_bytes_per_gpu: int | None = Field(default=None, gt=0)
+    memory_counter: MemoryCounter | None = None
+    basis: str = Field(description="How the published figure and setup were mapped to this record.")
+    confidence: Literal["high", "medium", "low"]
+    known_gap: str | None = Field(default=None, description="What of this run the planner knowingly does not model.")
+
+    @model_validator(mode="after")
+    def _complete(self) -> PublishedResult:
+        if self.tokens_per_s_per_gpu is None and self.peak_memory_bytes_per_gpu is None:
+            raise ValueError("a published result needs tokens_per_s_per_gpu or peak_memory_bytes_per_gpu")
+        if (self.peak_memory_bytes_per_gpu is None) != (self.memory_counter is None):
+            raise ValueError("peak_memory_bytes_per_gpu and memory_counter go together")
+        return self
+
+
+#: The result type each kind of record holds (a kind names its member in load errors).
+RESULT_TYPES: dict[str, type[BaseModel]] = {"trace": TraceResult, "run": RunResult, "published": PublishedResult}
+
+
 class Measurement(_Strict):
     schema_version: Literal[1] = 1
-    kind: Literal["trace", "run"]
+    kind: Literal["trace", "run", "published"]
     model: str = Field(description="Catalog name of the architecture.")
     spec: TrainingSpec
     sharding: Literal["none", "fsdp2", "deepspeed"] = "none"
@@ -122,8 +168,23 @@ class Measurement(_Strict):
     command: str
     date: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}")
     host: str
-    result: TraceResult | RunResult | None = None
+    result: TraceResult | RunResult | PublishedResult | None = None
     error: str | None = None
+
+    @model_validator(mode="after")
+    def _result_matches_kind(self) -> Measurement:
+        if self.result is not None and not isinstance(self.result, RESULT_TYPES[self.kind]):
+            raise ValueError(f"a {self.kind!r} record holds a {RESULT_TYPES[self.kind].__name__}, not a {type(self.result).__name__}")
+        return self
+
+
+def _member(loc: str | int) -> str | None:
+    """The result type a union error's path element names: the bare class name, or pydantic's
+    wrapper around a member with a validator (``function-after[_complete(), PublishedResult]``)."""
+    for t in RESULT_TYPES.values():
+        if loc == t.__name__ or (isinstance(loc, str) and loc.endswith(f"{t.__name__}]")):
+            return t.__name__
+    return None
 
 
 def read_measurements(path: Path) -> list[Measurement]:
@@ -147,10 +208,11 @@ def read_measurements(path: Path) -> list[Measurement]:
                 errors = exc.errors()
                 # a result is a union: report the member the record's kind names, and leave its
                 # name out of the path
-                member = "RunResult" if raw.get("kind") == "run" else "TraceResult"
-                err = next((e for e in errors if member in e["loc"]), errors[0])
-                where = ".".join(str(x) for x in err["loc"] if x not in ("TraceResult", "RunResult"))
-                raise PlannerError(f"{f}:{n}: field {where}: {err['msg']}") from None
+                member = RESULT_TYPES.get(str(raw.get("kind")), TraceResult).__name__
+                err = next((e for e in errors if member in map(_member, e["loc"])), errors[0])
+                where = ".".join(str(x) for x in err["loc"] if _member(x) is None)
+                msg = err["msg"].removeprefix("Value error, ")
+                raise PlannerError(f"{f}:{n}: field {where}: {msg}" if where else f"{f}:{n}: {msg}") from None
     return out
 
 
