@@ -23,7 +23,7 @@ from planner.calibrate import fit_calibration, gpu_of_device, published_throughp
 from planner.calibration import Calibration, load_calibration
 from planner.catalog import data_dir
 from planner.errors import PlannerError
-from planner.measurement import Measurement, RunResult
+from planner.measurement import Measurement, RunResult, read_measurements
 
 
 def device_of(records: list[Measurement]) -> str:
@@ -72,6 +72,27 @@ def calibrate(
     measured = [m for m in records if m.result is not None]
     if not measured:
         raise PlannerError(f"no measured runs of grid {grid.name!r} in {out} (run it first, or see the recorded errors)")
+    cal, path = _fit_and_write(measured, out, command, calibration_out, published)
+    return cal, path, records
+
+
+def fit_records(
+    path: Path, command: str, calibration_out: Path | None = None, published: bool = False
+) -> tuple[Calibration, Path, list[Measurement]]:
+    """Fit every run record of one records file (the GPU script's output, say)."""
+    if not path.is_file():
+        raise PlannerError(f"no records file {path}")
+    records = [m for m in read_measurements(path) if m.kind == "run"]
+    measured = [m for m in records if m.result is not None]
+    if not measured:
+        raise PlannerError(f"no measured runs in {path} (every run record holds an error, or there are none)")
+    cal, out = _fit_and_write(measured, path, command, calibration_out, published)
+    return cal, out, records
+
+
+def _fit_and_write(
+    measured: list[Measurement], out: Path, command: str, calibration_out: Path | None, published: bool
+) -> tuple[Calibration, Path]:
     device = device_of(measured)
     cal = fit_calibration(
         measured,
@@ -83,4 +104,4 @@ def calibrate(
     )
     path = calibration_out or data_dir() / "calibration" / f"{device}.json"
     write_calibration(cal, path)
-    return cal, path, records
+    return cal, path

@@ -252,7 +252,10 @@ def _keep_and_show(record: Any, out: Path | None, as_json: bool, what: Literal["
 
 @app.command("calibrate")
 def calibrate_cmd(
-    grid: str = typer.Argument(..., help="A grid file (YAML/JSON: specs x values) or a name from data/grids/ (ci, cpu)."),
+    grid: str = typer.Argument(
+        ...,
+        help="A grid file (YAML/JSON: specs x values), a name from data/grids/ (ci, cpu), or a records file (.jsonl) to fit as it is.",
+    ),
     out: Path | None = typer.Option(
         None, "--out", help="Records file to append to and resume from (default data/measurements/run/<grid>.jsonl)."
     ),
@@ -270,9 +273,20 @@ def calibrate_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the calibration as JSON."),
 ) -> None:
     """Run a grid of specs (resumably), fit the planner's coefficients to the records, write the calibration."""
-    from harness.calibrate import calibrate
+    from harness.calibrate import calibrate, fit_records
     from harness.grid import load_grid
 
+    if grid.endswith(".jsonl"):  # a records file: fit what it holds, run nothing
+        if out is not None or ray_address is not None or limit is not None:
+            raise PlannerError("a records file (.jsonl) is only fitted: --out, --ray-address and --limit go with a grid")
+        cal, path, recs = fit_records(Path(grid), _command(), calibration_out, published)
+        if as_json:
+            sys.stdout.write(json.dumps(cal.model_dump(mode="json"), indent=2) + "\n")
+            return
+        from harness.report import render_calibration
+
+        render_calibration(cal, path, recs)
+        return
     g = load_grid(grid)
     records = out or Path("data/measurements/run") / f"{g.name}.jsonl"
     if out is None:

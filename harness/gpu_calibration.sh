@@ -5,6 +5,8 @@
 #   bash harness/gpu_calibration.sh            # on a machine with a CUDA GPU
 #   DRY_RUN=1 bash harness/gpu_calibration.sh  # the same sequence on the CPU with a tiny model (tested in CI)
 #
+# Then it fits the records (`harness calibrate RECORDS.jsonl`) into data/calibration/<gpu>.json.
+#
 # Each run is `harness run` (random weights built on the GPU, peft LoRA, DeepSpeed); a run
 # that fails (out of memory, say) is recorded with its error and the script goes on. Then
 # commit the records and refit the GPU calibration. Environment: OUT (records file), MODEL,
@@ -43,3 +45,10 @@ run --method full --zero 3 --batch-size "$B_SMALL" --grad-ckpt --no-save
 # the optimizer offloaded to the host (the seed's 70B config)
 run --method full --zero 2 --offload optimizer --batch-size "$B_SMALL" --grad-ckpt --no-save
 echo "records: $OUT ($failures run(s) failed or timed out)" >&2
+# Fit: data/calibration/<gpu>.json (the planner's `--calibration auto` picks it for that GPU);
+# a dry run writes its calibration beside its records instead.
+if [ "${DRY_RUN:-0}" = "1" ]; then
+  harness calibrate "$OUT" --calibration-out "$(dirname "$OUT")/calibration.json" >/dev/null || { echo "fit failed" >&2; exit 1; }
+else
+  harness calibrate "$OUT" || { echo "fit failed (records kept in $OUT)" >&2; exit 1; }
+fi

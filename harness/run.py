@@ -296,15 +296,21 @@ def launch(arch: Architecture, spec: TrainingSpec, opts: RunOptions, progress: A
         failed: list[int] = []
         # wait for all; the first rank that fails (or the deadline) ends the others, which
         # would otherwise wait for it in a collective
-        while True:
-            codes = [p.poll() for p, _ in procs]
-            failed = [r for r, c in enumerate(codes) if c not in (None, 0)]
-            if failed or all(c == 0 for c in codes):
-                break
-            if time.monotonic() > deadline:
-                failed = [r for r, c in enumerate(codes) if c is None]
-                break
-            time.sleep(0.2)
+        try:
+            while True:
+                codes = [p.poll() for p, _ in procs]
+                failed = [r for r, c in enumerate(codes) if c not in (None, 0)]
+                if failed or all(c == 0 for c in codes):
+                    break
+                if time.monotonic() > deadline:
+                    failed = [r for r, c in enumerate(codes) if c is None]
+                    break
+                time.sleep(0.2)
+        except BaseException:  # Ctrl-C or a kill of this process: leave no rank behind
+            for p, _ in procs:
+                if p.poll() is None:
+                    p.kill()
+            raise
         for p, log in procs:
             if p.poll() is None:
                 p.kill()

@@ -255,6 +255,13 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
     # earlier micro batches stay allocated through the next ones.
     standing = grads_all if (spec.grad_accum > 1 or (zero == 3 and fsdp is None)) else 0
 
+    # Reduce buckets: allocated whole (reduce_bucket_size elements), for ZeRO-3 at init; one
+    # GPU reduces nothing under ZeRO 0/3, but ZeRO 1/2 allocate theirs at the start of every
+    # backward whatever the rank count (stage_1_and_2.py ``setup_buckets``), and harness runs
+    # find them still held at the step.
+    buckets = reduce_buckets_bytes(zero, reduce_bucket_elems(arch, ds), g, ds) if (n > 1 or zero in (1, 2)) and fsdp is None else 0
+    standing_buckets = buckets if zero == 3 else 0
+
     # -- optimizer: fp32 master (mixed precision) + moments, sharded from stage 1 on.
     opt_full = pc.trainable * dt.master + optimizer_state_bytes(spec.optimizer, dt, pc.trainable)
     opt = 0 if offload_opt else shard(opt_full, n, zero >= 1)
@@ -277,7 +284,7 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         flat16 = g * step_elems if (dt.master and zero >= 1) else 0
         scratch = optimizer_step_temp_bytes(spec.optimizer, dt, step_elems, cal.value("optimizer_scratch_states"))
         if zero >= 1 and fsdp is None and fp32_grads:
-            step_grads = fp32_grads + (standing if zero == 3 else 0)
+            step_grads = fp32_grads + (standing if zero == 3 else buckets)
             step_temp = max(flat16, scratch)
         elif zero == 0 and fsdp is None and fp32_grads and cal.value("optimizer_per_tensor_step") >= 0.5:
             # DeepSpeed without ZeRO and with an optimizer other than its FusedAdam (e.g.
@@ -298,10 +305,6 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         # flat copy of up to 5e8 elements (engine.py ``allreduce_gradients`` /
         # ``buffered_allreduce_fallback``, MEMORY_OPT_ALLREDUCE_SIZE).
         step_temp += min(grads_all, DS_ALLREDUCE_BUCKET_ELEMS * g)
-    # Reduce buckets: allocated whole (reduce_bucket_size elements), for ZeRO-3 at init.
-    # One GPU reduces nothing.
-    buckets = reduce_buckets_bytes(zero, reduce_bucket_elems(arch, ds), g, ds) if n > 1 and fsdp is None else 0
-    standing_buckets = buckets if zero == 3 else 0
     dequant = 0
     if spec.method == "qlora":  # bnb dequantizes one weight to 16 bit for each matmul
         dequant = max(s.weight_numel for s in prm.layer_linears(arch).values()) * dt.act

@@ -1,11 +1,11 @@
 """The planner against the committed real runs (data/measurements/run/, ``harness run`` on the
-CPU: DeepSpeed ZeRO 0-3, 1 and 2 processes, tiny Llama shapes, full and LoRA).
+CPU: DeepSpeed ZeRO 0-3, 1 and 2 processes, tiny Llama shapes, full and LoRA), with the
+calibration fitted to them (data/calibration/cpu.json).
 
-Held exactly: parameters and optimizer states (the counted terms). Each phase's live peak is
-reported in the table printed at the end of every test run and asserted only loosely
-(``RUN_PHASE_TOLERANCE``): what DeepSpeed keeps besides those (gathered ZeRO-3 parameters,
-fp32 gradient buffers) is what the CPU calibration of issue 5 fits. Regenerate the records
-with ``python -m harness.run_grid``.
+Held exactly: parameters and optimizer states (the counted terms). Each phase's live peak within
+``RUN_PHASE_TOLERANCE`` (10 %), ZeRO-3 LoRA within ``ZERO3_LORA_TOLERANCE`` (a known gap, see
+planner/agreement.py). Regenerate the records with ``harness calibrate cpu --out
+data/measurements/run/cpu.jsonl`` (or ``python -m harness.run_grid``).
 """
 
 from __future__ import annotations
@@ -29,6 +29,12 @@ def test_counted_terms_are_exact_and_peaks_near(record):
     assert isinstance(record.result, RunResult)
     bad = [(r.what, r.predicted, r.measured) for r in agreement.compare_run(record) if not r.ok]
     assert not bad
+
+
+def test_the_planner_uses_the_cpu_calibration_for_cpu_runs():
+    m = next(m for m in RECORDS if m.result is not None)
+    cal = agreement.device_calibration(m)
+    assert cal.device == "cpu" and cal.value("optimizer_scratch_states") == pytest.approx(2.0, abs=0.05)
 
 
 def test_failed_runs_are_kept_with_their_error():
