@@ -208,16 +208,36 @@ def run_throughput_points(records: Sequence[Measurement]) -> list[ThroughputPoin
 
 
 def published_throughput_points() -> list[ThroughputPoint]:
-    from planner.published import predicted_tokens_per_s_per_gpu, published_throughput
+    """The published records that give tokens/s per GPU (``data/measurements/published/``)."""
+    from planner.measurement import PublishedResult
+    from planner.published import compare_published, published_measurements
+
+    def predict(cal: Calibration, m: Measurement) -> float:
+        return next(c.predicted for c in compare_published(m, cal) if c.what == "tokens_per_s_per_gpu")
 
     return [
         ThroughputPoint(
-            p.id,
-            p.tokens_per_s_per_gpu,
-            lambda cal, p=p: predicted_tokens_per_s_per_gpu(p, cal),  # type: ignore[misc]
-            p.plan_options.batch_size * p.plan_options.seq_len,
+            m.result.source_id,
+            m.result.tokens_per_s_per_gpu,
+            lambda cal, m=m: predict(cal, m),  # type: ignore[misc]
+            m.spec.tokens_per_micro_batch,
         )
-        for p in published_throughput()
+        for m in published_measurements()
+        if isinstance(m.result, PublishedResult) and m.result.tokens_per_s_per_gpu is not None
+    ]
+
+
+def published_memory_errors(cal: Calibration) -> list[float]:
+    """Peak memory per GPU of the published records that give it (planner vs publication)."""
+    from planner.measurement import PublishedResult
+    from planner.published import compare_published, published_measurements
+
+    return [
+        c.error_rel
+        for m in published_measurements()
+        if isinstance(m.result, PublishedResult) and m.result.peak_memory_bytes_per_gpu is not None
+        for c in compare_published(m, cal)
+        if c.what == "peak_memory_bytes_per_gpu"
     ]
 
 
@@ -374,15 +394,20 @@ def default_residuals(
 
     traces = trace_peak_errors(read_measurements(Path(trace_dir)), cal)
     runs = memory_errors(read_measurements(Path(run_file)), load_calibration(run_calibration))[PEAK_RESIDUAL]
-    peak = fit.summarize(traces + runs)
+    published = published_memory_errors(cal)
+    peak = fit.summarize(traces + runs + published)
     thr = fit.summarize(throughput_errors(published_throughput_points(), cal))
 
     def res(s: fit.Summary, source: str) -> Residual:
         return Residual(n=s.n, median_rel=s.median_rel, p90_rel=s.p90_rel, max_rel=s.max_rel, bias_rel=s.bias_rel, source=source)
 
     return {
-        PEAK_RESIDUAL: res(peak, f"{len(traces)} full-size traces ({trace_dir}) and {len(runs)} DeepSpeed runs on CPU ({run_file})"),
-        THROUGHPUT_RESIDUAL: res(thr, "published runs (data/published/throughput.json)"),
+        PEAK_RESIDUAL: res(
+            peak,
+            f"{len(traces)} full-size traces ({trace_dir}), {len(runs)} DeepSpeed runs on CPU ({run_file}), "
+            f"{len(published)} published peak(s)",
+        ),
+        THROUGHPUT_RESIDUAL: res(thr, "published runs (data/measurements/published/points.jsonl)"),
     }
 
 
