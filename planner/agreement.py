@@ -97,9 +97,9 @@ def compare(m: Measurement, cal: Calibration | None = None) -> list[Row]:
 #: keeps a partition of every persisted (small) parameter besides its whole copy, so its
 #: parameters are held to ``ZERO3_PARAMETERS_TOLERANCE``; ZeRO-3 with LoRA keeps more gathered
 #: 16-bit weights through forward and backward than the planner, so its phases are held to
-#: ``ZERO3_LORA_TOLERANCE`` (tiny models: up to 28 % under the measurement).
+#: ``ZERO3_LORA_TOLERANCE`` (tiny models: up to 20 % under the measurement).
 RUN_PHASE_TOLERANCE = 0.10
-ZERO3_LORA_TOLERANCE = 0.30
+ZERO3_LORA_TOLERANCE = 0.22
 ZERO3_PARAMETERS_TOLERANCE = 0.15
 STEP_COUNTERS_BYTES = 4096
 

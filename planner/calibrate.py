@@ -38,7 +38,13 @@ from planner.timing import step_timing
 #: relative error (a few KiB of scratch next to megabytes of weights).
 CATEGORY_FLOOR = 0.05
 #: Memory coefficients that CPU runs can fit; throughput ones need GPU runs or published points.
-MEMORY_FITTED = ("optimizer_scratch_states", "optimizer_per_tensor_step", "allocator_reserve_fraction", "host_process_bytes")
+MEMORY_FITTED = (
+    "optimizer_scratch_states",
+    "optimizer_per_tensor_step",
+    "dropout_mask_full_width",
+    "allocator_reserve_fraction",
+    "host_process_bytes",
+)
 THROUGHPUT_FITTED = ("compute_efficiency_max", "compute_tokens_half")
 
 
@@ -100,27 +106,38 @@ def fit_optimizer_scratch(records: Sequence[Measurement], cal: Calibration) -> t
     return (fit.median(per_run), len(per_run)) if per_run else None
 
 
-def fit_per_tensor_step(records: Sequence[Measurement], cal: Calibration) -> tuple[float, int] | None:
-    """``optimizer_per_tensor_step`` (0 or 1): which of DeepSpeed's two no-ZeRO wrappers the
-    ZeRO-0 runs used, by which predicts their optimizer-step peaks better (median |error|)."""
-    zero0 = [(m, r) for m, r in _runs(records) if m.spec.zero_stage == 0 and m.spec.offload == "none" and "optimizer_step" in r.phases]
-    if not zero0:
+def _better_switch(
+    name: str, runs: list[tuple[Measurement, RunResult]], cal: Calibration, phases: tuple[str, ...]
+) -> tuple[float, int] | None:
+    """A 0/1 coefficient set to whichever value predicts the runs' phase peaks better (mean
+    |relative error| over the given phases: runs the switch does not touch must not outvote
+    those it does)."""
+    if not runs:
         return None
 
     def err(v: float) -> float:
-        c = with_values(cal, {"optimizer_per_tensor_step": v})
-        return fit.median(
-            [
-                abs(
-                    fit.rel_error(
-                        gpu_memory(find_model(m.model), m.spec, c).phases["optimizer_step"].total, r.phases["optimizer_step"].peak_bytes
-                    )
-                )
-                for m, r in zero0
-            ]
-        )
+        c = with_values(cal, {name: v})
+        errors = []
+        for m, r in runs:
+            pred = gpu_memory(find_model(m.model), m.spec, c)
+            errors += [abs(fit.rel_error(pred.phases[p].total, r.phases[p].peak_bytes)) for p in phases if p in r.phases]
+        return sum(errors) / len(errors)
 
-    return (min((0.0, 1.0), key=err), len(zero0))
+    return min((0.0, 1.0), key=err), len(runs)
+
+
+def fit_per_tensor_step(records: Sequence[Measurement], cal: Calibration) -> tuple[float, int] | None:
+    """``optimizer_per_tensor_step`` (0 or 1): which of DeepSpeed's two no-ZeRO wrappers the
+    ZeRO-0 runs used, by which predicts their optimizer-step peaks better."""
+    zero0 = [(m, r) for m, r in _runs(records) if m.spec.zero_stage == 0 and m.spec.offload == "none"]
+    return _better_switch("optimizer_per_tensor_step", zero0, cal, ("optimizer_step",))
+
+
+def fit_dropout_mask(records: Sequence[Measurement], cal: Calibration) -> tuple[float, int] | None:
+    """``dropout_mask_full_width`` (0 or 1): whether the LoRA runs with dropout keep a bool mask
+    or a full-width noise tensor, by which predicts their forward and backward peaks better."""
+    lora = [(m, r) for m, r in _runs(records) if m.spec.method != "full" and m.spec.lora_dropout > 0]
+    return _better_switch("dropout_mask_full_width", lora, cal, ("forward", "backward"))
 
 
 def fit_host(records: Sequence[Measurement], cal: Calibration) -> tuple[float, float, int] | None:
@@ -323,6 +340,15 @@ def fit_calibration(
             cal,
             {"optimizer_per_tensor_step": v},
             f"Fitted {when} by harness calibrate: the wrapper that predicts the optimizer-step peaks of {n} ZeRO-0 runs better ({where}).",
+        )
+    mask = fit_dropout_mask(records, cal)
+    if mask is not None:
+        v, n = mask
+        cal = with_values(
+            cal,
+            {"dropout_mask_full_width": v},
+            f"Fitted {when} by harness calibrate: the dropout mask that predicts the forward and backward peaks of {n} LoRA runs "
+            f"better ({where}).",
         )
     cuda_runs = [m for m, r in runs if r.device.lower().startswith("nvidia")]
     if cuda_runs:

@@ -114,6 +114,7 @@ REQUIRED = (
     "save_shard_bytes",
     "optimizer_scratch_states",
     "optimizer_per_tensor_step",
+    "dropout_mask_full_width",
     *TIME_COEFFICIENTS,
 )
 

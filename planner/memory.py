@@ -310,7 +310,8 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         dequant = max(s.weight_numel for s in prm.layer_linears(arch).values()) * dt.act
 
     # -- activations.
-    layer = act.layer_inventory(arch, spec, dt)
+    full_mask = cal.value("dropout_mask_full_width") >= 0.5
+    layer = act.layer_inventory(arch, spec, dt, full_mask)
     layer_bytes = act.total(layer)
     # Saved bytes by stage (index -1: held to the layer's end) and their running sums, so a
     # moment's "saved before stage k" is one lookup.
@@ -334,7 +335,7 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         return kept
 
     stage_grads = per_setup(arch, spec, "stage_grads", lambda: {st: _layer_grad_bytes(arch, spec, (st,)) for st in act.LAYER_STAGES})
-    model_items = act.model_level_saved(arch, spec, dt)
+    model_items = act.model_level_saved(arch, spec, dt, full_mask)
     model_bytes = act.total(model_items)
     ckpt_in = act.layer_checkpoint_input(arch, spec, dt).bytes
     per_layer_saved = ckpt_in if spec.grad_ckpt else layer_bytes

@@ -34,10 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CATEGORY_TOLERANCE = 0.10
 CATEGORY_FLOOR = 0.05
 #: What the planner does not yet model, and how far off each may be (peak, relative):
-#: ZeRO-3 with LoRA keeps more gathered 16-bit weights through backward than the planner
-#: (frozen weights saved by DeepSpeed's linear wrapper; about a second copy of the model on
-#: these tiny shapes), so its backward peak runs up to 28 % under the measurement.
-KNOWN_GAPS = {("lora", 3): 0.30}
+#: ZeRO-3 with LoRA keeps more than the planner through backward (over two ranks, gathered
+#: 16-bit weights; on one, casts and copies around the recomputed layer), so its backward
+#: peak runs up to 20 % under the measurement on these tiny shapes.
+KNOWN_GAPS = {("lora", 3): 0.22}
 
 
 def _harness(*args: str) -> list[str]:
@@ -85,6 +85,7 @@ def test_the_calibration_is_written_with_provenance_and_residuals(calibrated):
     assert raw["provenance"]["records"] == {str(records): cal.n_records}
     assert cal.value("optimizer_scratch_states") == pytest.approx(2.0, abs=0.1)  # CPU AdamW: sqrt and its quotient
     assert cal.value("optimizer_per_tensor_step") == 1.0  # torch AdamW under DeepSpeed without ZeRO
+    assert cal.value("dropout_mask_full_width") == 1.0  # CPU dropout keeps a noise tensor, not a bool mask
     assert cal.residuals is not None and cal.residuals["memory.peak_bytes"].n == cal.n_records
     assert "Residuals" in stdout and "optimizer_scratch_states" in stdout
 

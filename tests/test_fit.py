@@ -137,9 +137,10 @@ def test_fit_calibration_on_the_committed_cpu_runs() -> None:
     assert cal.fitted and cal.device == "cpu" and cal.n_records == len(runs)
     assert cal.value("optimizer_scratch_states") == pytest.approx(2.0, abs=0.05)
     assert cal.coefficients["optimizer_scratch_states"].calibrated
+    assert cal.value("optimizer_per_tensor_step") == 1.0 and cal.value("dropout_mask_full_width") == 1.0
     assert not cal.coefficients["compute_efficiency_max"].calibrated  # CPU tokens/s fits nothing
     res = cal.residuals or {}
-    assert res["memory.peak_bytes"].median_rel < 0.01
+    assert res["memory.peak_bytes"].median_rel < 0.01 and res["memory.peak_bytes"].p90_rel < 0.12
     assert res["memory.optimizer_states_bytes"].max_rel < 1e-3
     assert res["checkpoint.pretrained_bytes"].max_rel == 0.0
     # the defaults (one scratch state: CUDA's foreach AdamW) are further from CPU runs

@@ -49,6 +49,7 @@ def _input_group(
     spec: TrainingSpec,
     dt: Dtypes,
     tokens: int,
+    full_mask: bool = False,
 ) -> list[Saved]:
     """What the linears reading one input X (b, s, in) keep of it.
 
@@ -71,7 +72,11 @@ def _input_group(
     shared_users = list(trainable)
     for t in targets:
         if spec.lora_dropout > 0:
-            out.append(Saved(f"{prefix}.{t}.lora_dropout_mask", MASK_BYTES * x_numel))
+            # CUDA's fused native_dropout keeps a bool mask; elsewhere (the CPU) ATen's dropout
+            # multiplies by a noise tensor of the input's dtype and autograd keeps that
+            # (aten/src/ATen/native/Dropout.cpp ``is_fused_kernel_acceptable``)
+            mask = lora_bytes if full_mask else MASK_BYTES
+            out.append(Saved(f"{prefix}.{t}.lora_dropout_mask", mask * x_numel))
         if spec.lora_dropout > 0 or lora_bytes != x_bytes:
             out.append(Saved(f"{prefix}.{t}.lora_input", lora_bytes * x_numel))
         else:
@@ -135,32 +140,34 @@ def _attention_core(arch: Architecture, spec: TrainingSpec, dt: Dtypes) -> list[
     ]
 
 
-def layer_inventory(arch: Architecture, spec: TrainingSpec, dt: Dtypes) -> list[Saved]:
-    """Everything one decoder layer keeps from its forward for its backward (no checkpointing)."""
+def layer_inventory(arch: Architecture, spec: TrainingSpec, dt: Dtypes, full_mask: bool = False) -> list[Saved]:
+    """Everything one decoder layer keeps from its forward for its backward (no checkpointing).
+    ``full_mask``: dropout keeps a noise tensor of its input's dtype, not a bool mask (the
+    calibration's ``dropout_mask_full_width``: CPU)."""
     tokens = spec.tokens_per_micro_batch
     h, i = arch.hidden_size, arch.intermediate_size
     ad = arch.num_attention_heads * arch.head_size
     full = spec.method == "full"
     out: list[Saved] = []
     out += _rms_norm("input_norm", full, dt, tokens, h)
-    out += _input_group("qkv", ["q_proj", "k_proj", "v_proj"], h, dt.resid, spec, dt, tokens)
+    out += _input_group("qkv", ["q_proj", "k_proj", "v_proj"], h, dt.resid, spec, dt, tokens, full_mask)
     out += _attention_core(arch, spec, dt)
     # o_proj reads the attention output as (b, s, a*d): a fresh copy after eager's
     # transpose(1, 2).contiguous(), but the fused kernels already write that layout, so there
     # the tensor o_proj keeps is the one the kernel keeps (counted above).
-    o_items = _input_group("o", ["o_proj"], ad, dt.act, spec, dt, tokens)
+    o_items = _input_group("o", ["o_proj"], ad, dt.act, spec, dt, tokens, full_mask)
     if spec.attention != "eager":
         o_items = [x for x in o_items if x.name != "o.input"]
     out += o_items
     out += _rms_norm("post_attention_norm", full, dt, tokens, h)
-    out += _input_group("gate_up", ["gate_proj", "up_proj"], h, dt.resid, spec, dt, tokens)
+    out += _input_group("gate_up", ["gate_proj", "up_proj"], h, dt.resid, spec, dt, tokens, full_mask)
     # down_proj(act_fn(gate) * up): SiLU keeps its input, mul keeps both factors.
     out += [
         Saved("mlp.gate_out", dt.act * tokens * i),
         Saved("mlp.silu_out", dt.act * tokens * i),
         Saved("mlp.up_out", dt.act * tokens * i),
     ]
-    out += _input_group("down", ["down_proj"], i, dt.act, spec, dt, tokens)
+    out += _input_group("down", ["down_proj"], i, dt.act, spec, dt, tokens, full_mask)
     if spec.precision == "amp-bf16":
         # Autocast casts each fp32 weight to bf16 for F.linear, and linear keeps the cast for
         # the input gradient (cached for trainable leaves, torch/csrc/autograd autocast cache).
@@ -178,7 +185,7 @@ def layer_checkpoint_input(arch: Architecture, spec: TrainingSpec, dt: Dtypes) -
     return Saved("layer_input", dt.resid * spec.tokens_per_micro_batch * arch.hidden_size)
 
 
-def model_level_saved(arch: Architecture, spec: TrainingSpec, dt: Dtypes) -> list[Saved]:
+def model_level_saved(arch: Architecture, spec: TrainingSpec, dt: Dtypes, full_mask: bool = False) -> list[Saved]:
     """Outside the layers: ids, attention mask, final norm, lm_head input, logits, log-probs."""
     b, s = spec.micro_batch_size, spec.seq_len
     tokens = b * s
@@ -192,7 +199,7 @@ def model_level_saved(arch: Architecture, spec: TrainingSpec, dt: Dtypes) -> lis
     if spec.method == "full" or "lm_head" in spec.modules_to_save:
         out.append(Saved("lm_head.input", dt.resid * tokens * h))
     elif "lm_head" in spec.lora_targets:
-        out += _input_group("lm_head", ["lm_head"], h, dt.resid, spec, dt, tokens)
+        out += _input_group("lm_head", ["lm_head"], h, dt.resid, spec, dt, tokens, full_mask)
     if spec.method != "full" and "embed_tokens" in spec.lora_targets:
         # peft lora.Embedding: lora_embedding_B's matmul keeps the (T, r) lookup of A.
         out.append(Saved("embed_tokens.lora_A_out", dt.act * tokens * spec.lora_rank))
