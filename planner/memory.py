@@ -158,12 +158,20 @@ def _param_counts(arch: Architecture, spec: TrainingSpec) -> ParamCounts:
     base = prm.total_params(arch, added)
     v, h, L = prm.vocab(arch, added), arch.hidden_size, arch.num_hidden_layers
     linears = prm.layer_linears(arch)
-    # Small tensors ZeRO-3 never partitions (at most stage3_param_persistence_threshold
-    # elements): the norms and biases of the base model. NB: small LoRA A/B matrices also stay
-    # whole in DeepSpeed; they are counted as sharded here (a few MiB at most).
+    # Small tensors ZeRO-3 keeps whole (at most stage3_param_persistence_threshold elements):
+    # the norms and biases of the base model, and the LoRA A (r x in) and B (out x r) matrices
+    # of the layer projections that are that small (in the adapter dtype; harness runs over two
+    # ranks hold exactly these).
     threshold = persistence_threshold_elems(arch, spec.deepspeed)
     small = sum(n for n in [h] * (2 * L + 1) if n <= threshold)
     small += L * sum(s.out_features for s in linears.values() if s.bias and s.out_features <= threshold)
+    small_lora = 0
+    if spec.method != "full":
+        r = spec.lora_rank
+        for t in spec.lora_targets:
+            if t in linears:
+                s_ = linears[t]
+                small_lora += L * sum(n for n in (r * s_.in_features, s_.out_features * r) if n <= threshold)
     if spec.method == "full":
         lora = mts = 0
         trainable = base
@@ -199,7 +207,7 @@ def _param_counts(arch: Architecture, spec: TrainingSpec) -> ParamCounts:
         modules_to_save=mts,
         base=base,
         weights_bytes=weights,
-        persistent_bytes=min(weights, small * dt.weight),
+        persistent_bytes=min(weights, small * dt.weight + (small_lora * adapter_bytes_per_elem(spec) if spec.method != "full" else 0)),
         grad_bytes_per_layer=grad_layer,
         grad_bytes_head=max(0, grad_total - L * grad_layer - _embedding_grad_bytes(arch, spec)),
         grad_bytes_total=grad_total,
@@ -225,7 +233,9 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         resident, live = ceil_div(pc.weights_bytes, n), 0
         live_top = live
     elif zero == 3:
-        resident = pc.persistent_bytes + ceil_div(pc.weights_bytes - pc.persistent_bytes, n)
+        # every parameter has its 1/n partition (``ds_tensor``); the persisted (small) ones
+        # also stay whole in ``p.data`` (one rank: the partition is the whole tensor)
+        resident = pc.persistent_bytes + ceil_div(pc.weights_bytes, n) if n > 1 else pc.weights_bytes
         if spec.offload == "all":
             resident = pc.persistent_bytes
         not_local = pc.weights_bytes - resident

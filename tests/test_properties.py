@@ -95,6 +95,10 @@ def test_categories_sum_to_each_phase_total_and_peak(arch, spec):
 @SETTINGS
 @given(arch=st.sampled_from(ARCHS), spec=specs(), db=st.integers(1, 32), ds=st.integers(1, 2048), dr=st.integers(1, 64))
 def test_memory_never_decreases_with_batch_sequence_or_rank(arch, spec, db, ds, dr):
+    # ZeRO-3 keeps tensors under its persistence threshold whole on every rank: a LoRA rank that
+    # lifts A/B over it partitions them and needs less. Compared with nothing persisted.
+    if spec.zero_stage == 3:
+        spec = spec.model_copy(update={"deepspeed": spec.deepspeed.model_copy(update={"stage3_param_persistence_threshold": 0})})
     base_g, base_h = gpu_peak(arch, spec), host_peak(arch, spec)
     for field, inc in (("micro_batch_size", db), ("seq_len", ds), ("lora_rank", dr)):
         bigger = spec.model_copy(update={field: getattr(spec, field) + inc})
