@@ -264,6 +264,28 @@ class RunOptions:
     timeout_s: float = WORKER_TIMEOUT_S
 
 
+def make_job(arch: Architecture, spec: TrainingSpec, opts: RunOptions, save_dir: Path) -> dict[str, Any]:
+    """The job ``harness.run.worker`` runs (what ``launch`` writes to ``job.json``)."""
+    return {
+        "model": arch.name,
+        "architecture": arch.model_dump(mode="json", exclude={"name", "hf_id", "aliases", "source"}),
+        "spec": spec.model_dump(mode="json"),
+        "steps": opts.steps,
+        "warmup": opts.warmup,
+        "save": opts.save,
+        "save_dir": str(save_dir),
+    }
+
+
+def assemble(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rank 0's result with every rank's peak and RSS and the median step time (as ``launch``)."""
+    first = results[0]
+    first["rank_peaks_bytes"] = [max(ph["peak_bytes"] for ph in r["phases"].values()) for r in results]
+    first["rank_max_rss_bytes"] = [r["max_rss_bytes"] for r in results]
+    first["median_step_s"] = statistics.median(t for r in results for t in r["step_times_s"])
+    return first
+
+
 def launch(arch: Architecture, spec: TrainingSpec, opts: RunOptions, progress: Any = None, save_root: Path | None = None) -> dict[str, Any]:
     """Run ``spec.world_size`` worker processes; returns rank 0's result with every rank's peaks,
     or raises RuntimeError with the failing rank's last lines. Checkpoints go under
@@ -272,15 +294,7 @@ def launch(arch: Architecture, spec: TrainingSpec, opts: RunOptions, progress: A
     with tempfile.TemporaryDirectory(prefix="harness-run-") as tmp:
         work = Path(tmp)
         save_dir = (save_root or work) / "save"
-        job = {
-            "model": arch.name,
-            "architecture": arch.model_dump(mode="json", exclude={"name", "hf_id", "aliases", "source"}),
-            "spec": spec.model_dump(mode="json"),
-            "steps": opts.steps,
-            "warmup": opts.warmup,
-            "save": opts.save,
-            "save_dir": str(save_dir),
-        }
+        job = make_job(arch, spec, opts, save_dir)
         (work / "job.json").write_text(json.dumps(job))
         port = str(free_port())
         procs = []
@@ -322,11 +336,7 @@ def launch(arch: Architecture, spec: TrainingSpec, opts: RunOptions, progress: A
             why = "timed out" if procs[rank][0].returncode in (None, -9) and time.monotonic() > deadline else "failed"
             raise RuntimeError(f"rank {rank} {why}: " + " | ".join(tail))
         results = [json.loads((work / f"rank{r}.json").read_text()) for r in range(nproc)]
-    first = results[0]
-    first["rank_peaks_bytes"] = [max(ph["peak_bytes"] for ph in r["phases"].values()) for r in results]
-    first["rank_max_rss_bytes"] = [r["max_rss_bytes"] for r in results]
-    first["median_step_s"] = statistics.median(t for r in results for t in r["step_times_s"])
-    return first
+    return assemble(results)
 
 
 def _worker_main(job_path: str, out_path: str) -> int:
