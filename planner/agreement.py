@@ -95,11 +95,11 @@ def compare(m: Measurement, cal: Calibration | None = None) -> list[Row]:
 #: Adam's step counters, one small tensor per parameter group or per parameter), and each
 #: phase's live peak within ``RUN_PHASE_TOLERANCE``. Known gaps: at the optimizer step, ZeRO-3
 #: LoRA over several ranks holds one more copy of its adapter partition among the parameters
-#: (``zero3_step_parameters_allowance``); ZeRO-3 with LoRA keeps more gathered
-#: 16-bit weights through forward and backward than the planner, so its phases are held to
-#: ``ZERO3_LORA_TOLERANCE`` (tiny models: up to 20 % under the measurement).
+#: (``zero3_step_parameters_allowance``); ZeRO-3 with LoRA keeps a few MiB more than the
+#: planner around the backward of a layer (casts and copies next to the recomputed layer on
+#: these tiny shapes), so its phases are held to ``ZERO3_LORA_TOLERANCE`` (up to 12 % under).
 RUN_PHASE_TOLERANCE = 0.10
-ZERO3_LORA_TOLERANCE = 0.22
+ZERO3_LORA_TOLERANCE = 0.13
 
 
 def zero3_step_parameters_allowance(m: Measurement, phase: str) -> int:

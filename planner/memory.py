@@ -238,7 +238,11 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         resident = pc.persistent_bytes + ceil_div(pc.weights_bytes, n) if n > 1 else pc.weights_bytes
         if spec.offload == "all":
             resident = pc.persistent_bytes
-        not_local = pc.weights_bytes - resident
+        # A gather materialises the whole tensor (the all-gather output) beside this rank's own
+        # partition, so what can be gathered is every non-persisted parameter in full; with one
+        # rank and the parameters on the GPU, p.data is the partition itself and nothing is
+        # gathered (harness runs: the gathered bytes of two ranks equal the whole model's).
+        not_local = pc.weights_bytes - pc.persistent_bytes if (n > 1 or spec.offload == "all") else 0
         live = zero3_live_params_bytes(
             pc.largest_module_bytes,
             prefetch_bucket_elems(arch, ds) * dt.weight,

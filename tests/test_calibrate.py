@@ -34,10 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CATEGORY_TOLERANCE = 0.10
 CATEGORY_FLOOR = 0.05
 #: What the planner does not yet model, and how far off each may be (peak, relative):
-#: ZeRO-3 with LoRA keeps more than the planner through backward (over two ranks, gathered
-#: 16-bit weights; on one, casts and copies around the recomputed layer), so its backward
-#: peak runs up to 20 % under the measurement on these tiny shapes.
-KNOWN_GAPS = {("lora", 3): 0.22}
+#: ZeRO-3 with LoRA keeps a few MiB more than the planner around a layer's backward (casts and
+#: copies next to the recomputed layer), and the profiler files the recomputed layer's tensors
+#: as temporaries where the planner counts activations, so only its peak is held: within 12 %.
+KNOWN_GAPS = {("lora", 3): 0.12}
 
 
 def _harness(*args: str) -> list[str]:
