@@ -69,10 +69,8 @@ def calibrate(
         made = run_grid(grid, out, command, launcher=launcher_for(ray_address), limit=limit, progress=progress)
         progress(f"{made} run(s) made; records in {out}")
     records = grid_records(grid, out)
-    measured = [m for m in records if m.result is not None]
-    if not measured:
-        raise PlannerError(f"no measured runs of grid {grid.name!r} in {out} (run it first, or see the recorded errors)")
-    cal, path = _fit_and_write(measured, out, command, calibration_out, published)
+    why = f"no measured runs of grid {grid.name!r} in {out} (run it first, or see the recorded errors)"
+    cal, path = _fit_and_write(records, why, out, command, calibration_out, published)
     return cal, path, records
 
 
@@ -83,16 +81,17 @@ def fit_records(
     if not path.is_file():
         raise PlannerError(f"no records file {path}")
     records = [m for m in read_measurements(path) if m.kind == "run"]
-    measured = [m for m in records if m.result is not None]
-    if not measured:
-        raise PlannerError(f"no measured runs in {path} (every run record holds an error, or there are none)")
-    cal, out = _fit_and_write(measured, path, command, calibration_out, published)
+    why = f"no measured runs in {path} (every run record holds an error, or there are none)"
+    cal, out = _fit_and_write(records, why, path, command, calibration_out, published)
     return cal, out, records
 
 
 def _fit_and_write(
-    measured: list[Measurement], out: Path, command: str, calibration_out: Path | None, published: bool
+    records: list[Measurement], why_none: str, out: Path, command: str, calibration_out: Path | None, published: bool
 ) -> tuple[Calibration, Path]:
+    measured = [m for m in records if m.result is not None]
+    if not measured:
+        raise PlannerError(why_none)
     device = device_of(measured)
     cal = fit_calibration(
         measured,

@@ -325,31 +325,20 @@ def fit_calibration(
     when = date or dt.date.today().isoformat()
     where = ", ".join(f"{f} ({n})" for f, n in record_files.items())
     cal = base
-    scratch = fit_optimizer_scratch(records, cal)
-    if scratch is not None:
-        v, n = scratch
-        cal = with_values(
-            cal,
-            {"optimizer_scratch_states": round(v, 3)},
-            f"Fitted {when} by harness calibrate: median over {n} runs' optimizer-step temporaries ({where}).",
-        )
-    per_tensor = fit_per_tensor_step(records, cal)
-    if per_tensor is not None:
-        v, n = per_tensor
-        cal = with_values(
-            cal,
-            {"optimizer_per_tensor_step": v},
-            f"Fitted {when} by harness calibrate: the wrapper that predicts the optimizer-step peaks of {n} ZeRO-0 runs better ({where}).",
-        )
-    mask = fit_dropout_mask(records, cal)
-    if mask is not None:
-        v, n = mask
-        cal = with_values(
-            cal,
-            {"dropout_mask_full_width": v},
-            f"Fitted {when} by harness calibrate: the dropout mask that predicts the forward and backward peaks of {n} LoRA runs "
-            f"better ({where}).",
-        )
+    memory_fits = (
+        ("optimizer_scratch_states", fit_optimizer_scratch, "median over {n} runs' optimizer-step temporaries"),
+        ("optimizer_per_tensor_step", fit_per_tensor_step, "the wrapper that predicts the optimizer-step peaks of {n} ZeRO-0 runs better"),
+        (
+            "dropout_mask_full_width",
+            fit_dropout_mask,
+            "the dropout mask that predicts the forward and backward peaks of {n} LoRA runs better",
+        ),
+    )
+    for name, fitter, how in memory_fits:
+        got = fitter(records, cal)
+        if got is not None:
+            v, n = got
+            cal = with_values(cal, {name: round(v, 3)}, f"Fitted {when} by harness calibrate: {how.format(n=n)} ({where}).")
     cuda_runs = [m for m, r in runs if r.device.lower().startswith("nvidia")]
     if cuda_runs:
         reserve = fit_cuda_reserve(cuda_runs)
