@@ -196,7 +196,14 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
             fn()
         sync()
         if cuda:
-            cuda_peaks[phase] = {"allocated": torch.cuda.max_memory_allocated(), "reserved": torch.cuda.max_memory_reserved()}
+            free, total = torch.cuda.mem_get_info()  # the device as nvidia-smi sees it
+            cuda_peaks[phase] = {
+                "allocated": torch.cuda.max_memory_allocated(),
+                "reserved": torch.cuda.max_memory_reserved(),
+                "active": int(torch.cuda.memory_stats().get("active_bytes.all.peak", 0)),
+                "device_used": int(total - free),
+                "reserved_now": torch.cuda.memory_reserved(),
+            }
         before = {**pp.phases[phase].alive_at_end, **labels()}
         if phase == "backward":
             out.pop("loss")
@@ -403,6 +410,9 @@ def run_record(arch: Architecture, spec: TrainingSpec, opts: RunOptions, command
             "at_peak_bytes": CategoryBytes(**ph["at_peak"]),
             "cuda_max_allocated_bytes": cuda.get("allocated"),
             "cuda_max_reserved_bytes": cuda.get("reserved"),
+            "cuda_max_active_bytes": cuda.get("active"),
+            "cuda_device_used_bytes": cuda.get("device_used"),
+            "cuda_reserved_at_end_bytes": cuda.get("reserved_now"),
         }
     peak_phase = max(phases, key=lambda k: phases[k]["peak_bytes"])
     nproc = spec.world_size

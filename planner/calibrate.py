@@ -161,6 +161,19 @@ def fit_cuda_reserve(records: Sequence[Measurement]) -> tuple[float, int] | None
     return (max(fit.median(ratios), 0.0), len(ratios)) if ratios else None
 
 
+def fit_cuda_context(records: Sequence[Measurement]) -> tuple[float, int] | None:
+    """``cuda_context_bytes``: what the device holds beyond the caching allocator's reserve (the
+    CUDA context, cuBLAS/NCCL workspaces), the median of ``device_used - reserved`` at the end of
+    each phase of GPU runs."""
+    extra = [
+        ph.cuda_device_used_bytes - ph.cuda_reserved_at_end_bytes
+        for _, r in _runs(records)
+        for ph in r.phases.values()
+        if ph.cuda_device_used_bytes is not None and ph.cuda_reserved_at_end_bytes is not None
+    ]
+    return (max(fit.median(extra), 0.0), len(extra)) if extra else None
+
+
 def memory_errors(records: Sequence[Measurement], cal: Calibration) -> dict[str, list[float]]:
     """Relative errors per memory quantity (see the module docstring)."""
     from planner.formulas.checkpoint import adapter_bytes, merged_model_bytes
@@ -341,6 +354,14 @@ def fit_calibration(
             cal = with_values(cal, {name: round(v, 3)}, f"Fitted {when} by harness calibrate: {how.format(n=n)} ({where}).")
     cuda_runs = [m for m, r in runs if r.device.lower().startswith("nvidia")]
     if cuda_runs:
+        context = fit_cuda_context(cuda_runs)
+        if context is not None:
+            v, n = context
+            cal = with_values(
+                cal,
+                {"cuda_context_bytes": float(int(v))},
+                f"Fitted {when}: median device used - reserved over {n} phases of GPU runs ({where}).",
+            )
         reserve = fit_cuda_reserve(cuda_runs)
         if reserve is not None:
             v, n = reserve

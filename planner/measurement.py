@@ -85,6 +85,13 @@ class RunPhase(_Strict):
     at_peak_bytes: CategoryBytes
     cuda_max_allocated_bytes: int | None = Field(default=None, ge=0)
     cuda_max_reserved_bytes: int | None = Field(default=None, ge=0)
+    cuda_max_active_bytes: int | None = Field(default=None, ge=0, description="torch.cuda.memory_stats()['active_bytes.all.peak'].")
+    cuda_device_used_bytes: int | None = Field(
+        default=None, ge=0, description="total - free of torch.cuda.mem_get_info() at the phase's end: what nvidia-smi shows."
+    )
+    cuda_reserved_at_end_bytes: int | None = Field(
+        default=None, ge=0, description="torch.cuda.memory_reserved() at the same moment (device_used - this = context and libraries)."
+    )
 
 
 class CheckpointFiles(_Strict):

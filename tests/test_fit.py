@@ -145,3 +145,44 @@ def test_fit_calibration_on_the_committed_cpu_runs() -> None:
     assert res["checkpoint.pretrained_bytes"].max_rel == 0.0
     # the defaults (one scratch state: CUDA's foreach AdamW) are further from CPU runs
     assert residuals(runs, load_calibration())["memory.peak_bytes"].median_rel > res["memory.peak_bytes"].median_rel
+
+
+def test_gpu_records_fit_the_cuda_terms_and_throughput() -> None:
+    """Records as a GPU run writes them (CUDA counters, tokens/s) give back the context, the
+    allocator's reserve and the throughput they were made with."""
+    from harness.calibrate import device_of
+    from planner.catalog import find_gpu
+
+    base = load_calibration()
+    truth = with_values(base, {"compute_efficiency_max": 0.55})
+    gpu = find_gpu("h200")
+    rng = random.Random(3)
+    synth = []
+    for m in _cpu_runs():
+        if m.spec.zero_stage != 2:
+            continue
+        r = m.result
+        assert isinstance(r, RunResult)
+        phases = {}
+        for name, ph in r.phases.items():
+            reserved = int(ph.peak_bytes * 1.08)
+            phases[name] = ph.model_copy(
+                update={
+                    "cuda_max_allocated_bytes": ph.peak_bytes,
+                    "cuda_max_reserved_bytes": reserved,
+                    "cuda_reserved_at_end_bytes": reserved,
+                    "cuda_device_used_bytes": reserved + int(_noisy(rng, 6e8, 0.01)),
+                }
+            )
+        arch = find_model(m.model)
+        t = step_timing(arch, m.spec, param_counts(arch, m.spec), gpu, None, truth)
+        tokens = _noisy(rng, t.tokens_per_s, 0.02)
+        synth.append(m.model_copy(update={"result": r.model_copy(update={"device": "NVIDIA H200", "phases": phases, "tokens_per_s": tokens})}))
+    assert device_of(synth) == "h200"
+    cal = fit_calibration(synth, base, device="h200", command="test", record_files={"synthetic": len(synth)})
+    assert cal.value("cuda_context_bytes") == pytest.approx(6e8, rel=0.02)
+    assert cal.value("allocator_reserve_fraction") == pytest.approx(0.08, abs=0.005)
+    assert cal.coefficients["compute_efficiency_max"].calibrated
+    # one micro-step size only: the plateau and the knee trade off, but the fitted pair
+    # reproduces the measured tokens/s
+    assert (cal.residuals or {})["throughput.tokens_per_s"].median_rel < 0.03
