@@ -116,6 +116,11 @@ def load_grid(name_or_path: str) -> Grid:
             raise PlannerError(f"grid {path}: block {i}: unknown option {sorted(unknown)[0]!r} (known: {', '.join(OPTIONS)})")
         if "model" not in block.base and "model" not in block.vary:
             raise PlannerError(f"grid {path}: block {i} names no model")
+        try:
+            expand(Grid(name=grid.name, blocks=[block]))
+        except PlannerError as exc:  # a bad value: say where, in the grid's own option names
+            msg = str(exc).replace("--zero-stage", "zero").replace("--", "")
+            raise PlannerError(f"grid {path}: block {i}: {msg}") from None
     return grid
 
 
