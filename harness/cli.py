@@ -270,39 +270,40 @@ def calibrate_cmd(
     ),
     limit: int | None = typer.Option(None, "--limit", min=0, help="Run at most this many missing specs, then fit."),
     fit_only: bool = typer.Option(False, "--fit-only", help="Run nothing: fit the records already in --out."),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed", help="Also run again the specs whose recorded run failed (by default a recorded failure counts as done)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite a calibration fitted from other records."),
     as_json: bool = typer.Option(False, "--json", help="Print the calibration as JSON."),
 ) -> None:
     """Run a grid of specs (resumably), fit the planner's coefficients to the records, write the calibration."""
-    from harness.calibrate import calibrate, fit_records
+    from harness.calibrate import calibrate, check_calibration_out, fit_records
     from harness.grid import load_grid
 
+    if calibration_out is not None:
+        check_calibration_out(calibration_out)
     if grid.endswith(".jsonl"):  # a records file: fit what it holds, run nothing
-        if out is not None or ray_address is not None or limit is not None:
-            raise PlannerError("a records file (.jsonl) is only fitted: --out, --ray-address and --limit go with a grid")
-        cal, path, recs = fit_records(Path(grid), _command(), calibration_out, published)
-        if as_json:
-            sys.stdout.write(json.dumps(cal.model_dump(mode="json"), indent=2) + "\n")
-            return
-        from harness.report import render_calibration
-
-        render_calibration(cal, path, recs)
-        return
-    g = load_grid(grid)
-    records = out or Path("data/measurements/run") / f"{g.name}.jsonl"
-    if out is None:
-        records.parent.mkdir(parents=True, exist_ok=True)
-    if fit_only and not records.is_file():
-        raise PlannerError(f"--fit-only: no records file {records}")
-    _check_writable(records)
-    if calibration_out is not None and (calibration_out.is_dir() or not calibration_out.parent.is_dir()):
-        raise PlannerError(f"--calibration-out {calibration_out}: give a file in an existing folder")
-    if not fit_only:
-        missing = [m for m in ("torch", "transformers", "peft", "deepspeed") if importlib.util.find_spec(m) is None]
-        if missing:
-            raise PlannerError(f"harness calibrate needs {', '.join(missing)} to run: pip install -e '.[harness]' (or --fit-only)")
-    cal, path, recs = calibrate(
-        g, records, _command(), calibration_out, ray_address, published, limit, fit_only, progress=_progress
-    )
+        if out is not None or ray_address is not None or limit is not None or retry_failed:
+            raise PlannerError("a records file (.jsonl) is only fitted: --out, --ray-address, --limit and --retry-failed go with a grid")
+        cal, path, recs = fit_records(Path(grid), _command(), calibration_out, published, force)
+    else:
+        g = load_grid(grid)
+        records = out or Path("data/measurements/run") / f"{g.name}.jsonl"
+        if fit_only:
+            if ray_address is not None or limit is not None or retry_failed:
+                raise PlannerError("--fit-only runs nothing: drop --ray-address, --limit and --retry-failed")
+            if not records.is_file():
+                raise PlannerError(f"--fit-only: no records file {records}")
+        else:
+            if out is None:
+                records.parent.mkdir(parents=True, exist_ok=True)
+            _check_writable(records)
+            missing = [m for m in ("torch", "transformers", "peft", "deepspeed") if importlib.util.find_spec(m) is None]
+            if missing:
+                raise PlannerError(f"harness calibrate needs {', '.join(missing)} to run: pip install -e '.[harness]' (or --fit-only)")
+        cal, path, recs = calibrate(
+            g, records, _command(), calibration_out, ray_address, published, limit, fit_only, retry_failed, force, progress=_progress
+        )
     if as_json:
         sys.stdout.write(json.dumps(cal.model_dump(mode="json"), indent=2) + "\n")
         return

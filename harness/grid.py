@@ -174,12 +174,14 @@ def run_grid(
     command: str,
     launcher: Callable[..., Any] | None = None,
     limit: int | None = None,
+    retry_failed: bool = False,
     progress: Callable[[str], None] = print,
 ) -> int:
-    """Run the grid's specs that ``out`` lacks, appending each record; returns how many ran."""
+    """Run the grid's specs that ``out`` lacks, appending each record; returns how many ran. A
+    recorded failure counts as done unless ``retry_failed`` (the newest record of a spec wins)."""
     from harness.run import RunOptions, run_record
 
-    done = {record_key(m) for m in read_measurements(out)} if out.exists() else set()
+    done = {record_key(m) for m in read_measurements(out) if m.result is not None or not retry_failed} if out.exists() else set()
     jobs = expand_with_settings(grid)
     made = 0
     for i, ((model, spec, nproc), rs) in enumerate(jobs, start=1):

@@ -118,13 +118,13 @@ STEP_COUNTERS_BYTES = 4096
 def device_calibration(m: Measurement) -> Calibration:
     """The calibration fitted to the device a run record was measured on (``auto`` for GPUs,
     ``cpu`` for CPU runs), else the defaults."""
-    from planner.calibrate import gpu_of_device
+    from planner.calibrate import gpu_of_device, on_gpu
     from planner.calibration import calibration_for
     from planner.catalog import data_dir
     from planner.measurement import RunResult
 
-    device = m.result.device if isinstance(m.result, RunResult) else ""
-    gpu = gpu_of_device(device) if device.lower().startswith("nvidia") else None
+    r = m.result
+    gpu = gpu_of_device(r.device) if isinstance(r, RunResult) and on_gpu(r) else None
     if gpu is not None:
         return calibration_for("auto", gpu.id)
     return load_calibration("cpu" if (data_dir() / "calibration" / "cpu.json").exists() else "default")

@@ -62,6 +62,12 @@ def _runs(records: Iterable[Measurement]) -> list[tuple[Measurement, RunResult]]
     return [(m, m.result) for m in records if isinstance(m.result, RunResult)]
 
 
+def on_gpu(r: RunResult) -> bool:
+    """A run measured on a CUDA device: it has the CUDA counters (the device name alone can be
+    "Tesla T4" as well as "NVIDIA H200")."""
+    return any(ph.cuda_max_allocated_bytes is not None for ph in r.phases.values())
+
+
 def with_values(cal: Calibration, values: dict[str, float], source: str = "", calibrated: bool = True) -> Calibration:
     coefficients = dict(cal.coefficients)
     for k, v in values.items():
@@ -102,7 +108,10 @@ def fit_optimizer_scratch(records: Sequence[Measurement], cal: Calibration) -> t
 
         if temps(4.0) == temps(0.0):
             continue
-        per_run.append(solve_monotone(temps, step.at_peak_bytes.temporaries, 0.0, 4.0))
+        x = solve_monotone(temps, step.at_peak_bytes.temporaries, 0.0, 4.0)
+        if x in (0.0, 4.0) or temps(x + 0.05) == temps(x):
+            continue  # at a clamp, or where another term (the flat 16-bit copy) hides the scratch
+        per_run.append(x)
     return (fit.median(per_run), len(per_run)) if per_run else None
 
 
@@ -115,15 +124,18 @@ def _better_switch(
     if not runs:
         return None
 
-    def err(v: float) -> float:
+    def err(v: float) -> float | None:
         c = with_values(cal, {name: v})
         errors = []
         for m, r in runs:
             pred = gpu_memory(find_model(m.model), m.spec, c)
             errors += [abs(fit.rel_error(pred.phases[p].total, r.phases[p].peak_bytes)) for p in phases if p in r.phases]
-        return sum(errors) / len(errors)
+        return sum(errors) / len(errors) if errors else None
 
-    return min((0.0, 1.0), key=err), len(runs)
+    off, on = err(0.0), err(1.0)
+    if off is None or on is None or off == on:  # the runs cannot tell the two apart
+        return None
+    return (1.0 if on < off else 0.0), len(runs)
 
 
 def fit_per_tensor_step(records: Sequence[Measurement], cal: Calibration) -> tuple[float, int] | None:
@@ -143,7 +155,7 @@ def fit_dropout_mask(records: Sequence[Measurement], cal: Calibration) -> tuple[
 def fit_host(records: Sequence[Measurement], cal: Calibration) -> tuple[float, float, int] | None:
     """``(allocator_reserve_fraction, host_process_bytes, n)`` from CPU runs: the Theil-Sen line
     of each rank-0 process's peak RSS over its peak live tensor bytes."""
-    pts = [(r.peak_bytes, r.max_rss_bytes) for _, r in _runs(records) if not r.device.lower().startswith("nvidia")]
+    pts = [(r.peak_bytes, r.max_rss_bytes) for _, r in _runs(records) if not on_gpu(r)]
     if len({x for x, _ in pts}) < 2:
         return None
     slope, intercept = fit.theil_sen([float(x) for x, _ in pts], [float(y) for _, y in pts])
@@ -194,7 +206,7 @@ def memory_errors(records: Sequence[Measurement], cal: Calibration) -> dict[str,
                 mv = getattr(meas.at_peak_bytes, c)
                 if mv >= CATEGORY_FLOOR * meas.peak_bytes:
                     add(f"memory.{c}_bytes", getattr(p, c), mv)
-        if not r.device.lower().startswith("nvidia"):
+        if not on_gpu(r):
             rss = cal.value("host_process_bytes") + (1 + cal.value("allocator_reserve_fraction")) * peak_pred
             add("host.rss_bytes", rss, r.max_rss_bytes)
         if r.checkpoint is not None:
@@ -352,7 +364,7 @@ def fit_calibration(
         if got is not None:
             v, n = got
             cal = with_values(cal, {name: round(v, 3)}, f"Fitted {when} by harness calibrate: {how.format(n=n)} ({where}).")
-    cuda_runs = [m for m, r in runs if r.device.lower().startswith("nvidia")]
+    cuda_runs = [m for m, r in runs if on_gpu(r)]
     if cuda_runs:
         context = fit_cuda_context(cuda_runs)
         if context is not None:

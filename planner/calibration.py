@@ -10,7 +10,7 @@ import json
 from functools import cache
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from planner.catalog import data_dir
 from planner.errors import PlannerError
@@ -76,6 +76,18 @@ class Calibration(BaseModel):
     coefficients: dict[str, Coefficient]
     residuals: dict[str, Residual] | None = None
     provenance: Provenance | None = None
+
+    @field_validator("residuals", mode="before")
+    @classmethod
+    def _old_residuals(cls, value: object) -> object:
+        """Before 2026-11-28 residuals were bare numbers (relative errors); read one as a
+        residual of unknown count (which carries no error band)."""
+        if isinstance(value, dict):
+            return {
+                k: {"n": 0, "median_rel": abs(v), "p90_rel": abs(v), "max_rel": abs(v)} if isinstance(v, int | float) else v
+                for k, v in value.items()
+            }
+        return value
 
     @property
     def n_records(self) -> int:

@@ -298,7 +298,9 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         flat16 = g * step_elems if (dt.master and zero >= 1) else 0
         scratch = optimizer_step_temp_bytes(spec.optimizer, dt, step_elems, cal.value("optimizer_scratch_states"))
         if zero >= 1 and fsdp is None and fp32_grads:
-            step_grads = fp32_grads + (standing if zero == 3 else buckets)
+            # (stage 1 too: over two ranks its full 16-bit gradients are gone by the step, and
+            # only the fp32 partition is held; with accumulation the summed gradients stay)
+            step_grads = fp32_grads + (standing if zero == 3 else buckets + standing)
             step_temp = max(flat16, scratch)
         elif zero == 0 and fsdp is None and fp32_grads and cal.value("optimizer_per_tensor_step") >= 0.5:
             # DeepSpeed without ZeRO and with an optimizer other than its FusedAdam (e.g.
@@ -315,10 +317,12 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
             step_temp = fp32_grads + max(flat16, scratch)
 
     if zero == 0 and n > 1 and fsdp is None and not offload_opt:
-        # Without ZeRO, DeepSpeed all-reduces the 16-bit gradients at the step through one
-        # flat copy of up to 5e8 elements (engine.py ``allreduce_gradients`` /
-        # ``buffered_allreduce_fallback``, MEMORY_OPT_ALLREDUCE_SIZE).
-        step_temp += min(grads_all, DS_ALLREDUCE_BUCKET_ELEMS * g)
+        # Without ZeRO, DeepSpeed all-reduces the 16-bit gradients at the accumulation boundary
+        # through one flat copy of up to 5e8 elements (engine.py ``allreduce_gradients`` /
+        # ``buffered_allreduce_fallback``, MEMORY_OPT_ALLREDUCE_SIZE), freed before the update:
+        # whichever of it and the update's scratch is larger (harness runs over two ranks see
+        # it at the step on one tiny shape, not on the other).
+        step_temp = max(step_temp, min(grads_all, DS_ALLREDUCE_BUCKET_ELEMS * g))
     dequant = 0
     if spec.method == "qlora":  # bnb dequantizes one weight to 16 bit for each matmul
         dequant = max(s.weight_numel for s in prm.layer_linears(arch).values()) * dt.act

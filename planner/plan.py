@@ -100,7 +100,8 @@ class PerGpu(_Out):
     )
     peak_error_rel: float | None = Field(
         default=None,
-        description="Error band of peak_bytes: the calibration's relative error on measured peaks (90th percentile, or worst "
+        description="Error band of peak_allocated_bytes (the live tensors; the allocator reserve and CUDA context on top are "
+        "not yet measured on GPUs): the calibration's relative error on measured live-tensor peaks (90th percentile, or worst "
         "below 10 records; calibration.residuals['memory.peak_bytes']). None when the calibration has no such residual.",
     )
 

@@ -106,9 +106,9 @@ def render_plan(plan: Plan, console: Console) -> None:
         return "[yellow]host size unknown" if ok is None else ("[green]fits" if ok else "[bold red]RUNS OUT")
 
     verdict.add_row(
-        f"GPU memory per GPU (peak {g.peak_phase.replace('_', ' ')}: "
-        f"reserved {gib(g.peak_reserved_bytes)} + CUDA context {gib(g.cuda_context_bytes)})",
-        gib(g.peak_bytes) + _band(g.peak_error_rel),
+        f"GPU memory per GPU (peak {g.peak_phase.replace('_', ' ')}: live tensors {gib(g.peak_allocated_bytes)}"
+        f"{_band(g.peak_error_rel)}, reserved {gib(g.peak_reserved_bytes)} + CUDA context {gib(g.cuda_context_bytes)})",
+        gib(g.peak_bytes),
         gib(m.gpu_capacity_bytes),
         gib(m.gpu_headroom_bytes),
         mark(m.fits_gpu),

@@ -177,7 +177,9 @@ def test_gpu_records_fit_the_cuda_terms_and_throughput() -> None:
         arch = find_model(m.model)
         t = step_timing(arch, m.spec, param_counts(arch, m.spec), gpu, None, truth)
         tokens = _noisy(rng, t.tokens_per_s, 0.02)
-        synth.append(m.model_copy(update={"result": r.model_copy(update={"device": "NVIDIA H200", "phases": phases, "tokens_per_s": tokens})}))
+        synth.append(
+            m.model_copy(update={"result": r.model_copy(update={"device": "NVIDIA H200", "phases": phases, "tokens_per_s": tokens})})
+        )
     assert device_of(synth) == "h200"
     cal = fit_calibration(synth, base, device="h200", command="test", record_files={"synthetic": len(synth)})
     assert cal.value("cuda_context_bytes") == pytest.approx(6e8, rel=0.02)
