@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU calibration preset (issue 5): real Llama 2 7B steps on ONE GPU, records appended to
-# data/measurements/gpu/<gpu>-<date>.jsonl, in well under 8 minutes on an H100/H200-class GPU.
+# data/measurements/gpu/<gpu>.jsonl, in well under 8 minutes on an H100/H200-class GPU.
 #
 #   bash harness/gpu_calibration.sh            # on a machine with a CUDA GPU
 #   DRY_RUN=1 bash harness/gpu_calibration.sh  # the same sequence on the CPU with a tiny model (tested in CI)
@@ -20,7 +20,9 @@ if [ "${DRY_RUN:-0}" = "1" ]; then
 else
   MODEL=${MODEL:-7b}; SEQ=${SEQ:-512}; B_SMALL=4; B_MID=8; B_BIG=16; STEPS=3; WARMUP=1
   GPU=$(python3 -c "import torch; print(torch.cuda.get_device_name().lower().replace(' ', '-'))" 2>/dev/null || echo unknown-gpu)
-  OUT=${OUT:-data/measurements/gpu/${GPU}-$(date -u +%Y%m%d).jsonl}
+  # one file per GPU type: every session appends to it (records carry their date), and the fit
+  # below uses all of them, so data/calibration/<gpu>.json always comes from the same file
+  OUT=${OUT:-data/measurements/gpu/${GPU}.jsonl}
 fi
 mkdir -p "$(dirname "$OUT")"
 RUN_TIMEOUT=${RUN_TIMEOUT:-240}
