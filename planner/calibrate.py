@@ -30,22 +30,12 @@ from planner.calibration import PEAK_RESIDUAL, THROUGHPUT_RESIDUAL, Calibration,
 from planner.catalog import find_gpu, find_model
 from planner.errors import PlannerError
 from planner.measurement import CATEGORIES, Measurement, RunResult
-from planner.memory import gpu_memory, param_counts
+from planner.memory import gpu_memory
 from planner.schemas import Gpu
-from planner.timing import step_timing
 
 #: A category smaller than this fraction of its phase's measured peak is not held to a
 #: relative error (a few KiB of scratch next to megabytes of weights).
 CATEGORY_FLOOR = 0.05
-#: Memory coefficients that CPU runs can fit; throughput ones need GPU runs or published points.
-MEMORY_FITTED = (
-    "optimizer_scratch_states",
-    "optimizer_per_tensor_step",
-    "dropout_mask_full_width",
-    "allocator_reserve_fraction",
-    "host_process_bytes",
-)
-THROUGHPUT_FITTED = ("compute_efficiency_max", "compute_tokens_half")
 
 
 @dataclass(frozen=True)
@@ -233,6 +223,8 @@ def gpu_of_device(device: str) -> Gpu | None:
 
 def run_throughput_points(records: Sequence[Measurement]) -> list[ThroughputPoint]:
     """GPU runs as throughput points (CPU tokens/s on a shared machine says nothing: skipped)."""
+    from planner.published import planner_tokens_per_s_per_gpu
+
     pts = []
     for m, r in _runs(records):
         gpu = gpu_of_device(r.device)
@@ -241,8 +233,7 @@ def run_throughput_points(records: Sequence[Measurement]) -> list[ThroughputPoin
         arch = find_model(m.model)
 
         def predict(cal: Calibration, arch=arch, spec=m.spec, gpu=gpu) -> float:  # type: ignore[no-untyped-def]
-            t = step_timing(arch, spec, param_counts(arch, spec), gpu, None, cal)
-            return t.tokens_per_s / t.world
+            return planner_tokens_per_s_per_gpu(arch, spec, gpu, None, cal)
 
         label = f"run {m.model} {m.spec.method} b{m.spec.micro_batch_size}"
         pts.append(ThroughputPoint(label, r.tokens_per_s / r.world_size, predict, m.spec.tokens_per_micro_batch))
@@ -320,6 +311,10 @@ def throughput_errors(points: Sequence[ThroughputPoint], cal: Calibration) -> li
 # -- the whole calibration ------------------------------------------------------------------------
 
 
+def _residual(s: fit.Summary, source: str) -> Residual:
+    return Residual(n=s.n, median_rel=s.median_rel, p90_rel=s.p90_rel, max_rel=s.max_rel, bias_rel=s.bias_rel, source=source)
+
+
 def residuals(
     records: Sequence[Measurement], cal: Calibration, throughput_points: Sequence[ThroughputPoint] = (), source: str = ""
 ) -> dict[str, Residual]:
@@ -329,7 +324,7 @@ def residuals(
     out = {}
     for key, errs in sorted(errors.items()):
         s = fit.summarize(errs)
-        out[key] = Residual(n=s.n, median_rel=s.median_rel, p90_rel=s.p90_rel, max_rel=s.max_rel, bias_rel=s.bias_rel, source=source)
+        out[key] = _residual(s, source)
     return out
 
 
@@ -446,16 +441,13 @@ def default_residuals(
     peak = fit.summarize(traces + runs + published)
     thr = fit.summarize(throughput_errors(published_throughput_points(), cal))
 
-    def res(s: fit.Summary, source: str) -> Residual:
-        return Residual(n=s.n, median_rel=s.median_rel, p90_rel=s.p90_rel, max_rel=s.max_rel, bias_rel=s.bias_rel, source=source)
-
     return {
-        PEAK_RESIDUAL: res(
+        PEAK_RESIDUAL: _residual(
             peak,
             f"{len(traces)} full-size traces ({trace_dir}), {len(runs)} DeepSpeed runs on CPU ({run_file}), "
             f"{len(published)} published peak(s)",
         ),
-        THROUGHPUT_RESIDUAL: res(thr, "published runs (data/measurements/published/points.jsonl)"),
+        THROUGHPUT_RESIDUAL: _residual(thr, "published runs (data/measurements/published/points.jsonl)"),
     }
 
 

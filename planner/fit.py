@@ -85,14 +85,6 @@ def theil_sen(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
     return slope, median([y - slope * x for x, y in zip(xs, ys, strict=True)])
 
 
-def median_ratio(measured: Sequence[float], unit: Sequence[float]) -> float:
-    """The robust scale ``c`` in ``measured ~ c * unit`` (median of the ratios; zero units skipped)."""
-    ratios = [m / u for m, u in zip(measured, unit, strict=True) if u]
-    if not ratios:
-        raise ValueError("no non-zero units to scale")
-    return median(ratios)
-
-
 def geometric_grid(lo: float, hi: float, n: int) -> list[float]:
     return [lo * (hi / lo) ** (i / (n - 1)) for i in range(n)]
 

@@ -173,7 +173,7 @@ def _setup(o: PlanOptions) -> tuple[Architecture, TrainingSpec, Gpu, Instance | 
     return arch, make_spec(arch, fields, o.method, per_node, o.batch_size), gpu, inst
 
 
-def _tokens_per_s_per_gpu(arch: Architecture, spec: TrainingSpec, gpu: Gpu, inst: Instance | None, cal: Calibration) -> float:
+def planner_tokens_per_s_per_gpu(arch: Architecture, spec: TrainingSpec, gpu: Gpu, inst: Instance | None, cal: Calibration) -> float:
     t = step_timing(arch, spec, param_counts(arch, spec), gpu, inst, cal)
     return t.tokens_per_s / t.world
 
@@ -181,7 +181,7 @@ def _tokens_per_s_per_gpu(arch: Architecture, spec: TrainingSpec, gpu: Gpu, inst
 def predicted_tokens_per_s_per_gpu(point: PublishedPoint, cal: Calibration | None = None) -> float:
     """The planner's tokens/s per GPU for the point's options (whether or not it fits)."""
     arch, spec, gpu, inst = _setup(point.plan_options)
-    return _tokens_per_s_per_gpu(arch, spec, gpu, inst, cal or load_calibration())
+    return planner_tokens_per_s_per_gpu(arch, spec, gpu, inst, cal or load_calibration())
 
 
 def _record(point: PublishedPoint | MemoryPoint, result: dict[str, Any]) -> Measurement:
@@ -277,7 +277,7 @@ def compare_published(m: Measurement, cal: Calibration | None = None) -> list[Co
     rows: list[Comparison] = []
     if r.tokens_per_s_per_gpu is not None:
         inst = find_instance(r.instance) if r.instance else None
-        predicted = _tokens_per_s_per_gpu(arch, m.spec, find_gpu(r.gpu), inst, cal)
+        predicted = planner_tokens_per_s_per_gpu(arch, m.spec, find_gpu(r.gpu), inst, cal)
         rows.append(Comparison("tokens_per_s_per_gpu", predicted, r.tokens_per_s_per_gpu))
     if r.peak_memory_bytes_per_gpu is not None and r.memory_counter is not None:
         mem = planner_peak_memory_bytes(gpu_memory(arch, m.spec, cal), r.memory_counter)
