@@ -180,6 +180,9 @@ class PhaseProfiler:
         ptrs: dict[Any, int] = {}
         baseline_gone: set[int] = set()
         best_total, best = sum(live.values()), dict(live)
+        # what the phase frees is not what the end-of-phase labels describe, even when the
+        # allocator hands its address to a labelled tensor later (that reuse varies run to run)
+        freed = {key for _t, action, (key, _v), _n in mp.timeline if action == Action.DESTROY}
         for _t, action, (key, version), nbytes in mp.timeline:
             if key.device != self.device:
                 continue
@@ -188,11 +191,11 @@ class PhaseProfiler:
             if action == Action.PREEXISTING:
                 if in_baseline or nbytes <= 0:
                     continue
-                category = self._category(mp, key, version, ptr, after)
+                category = self._category(mp, key, version, None if key in freed else ptr, after)
                 tracked[(key, version)] = (category, nbytes)
                 live[category] += nbytes
             elif action == Action.CREATE:
-                category = self._category(mp, key, version, ptr, after)
+                category = self._category(mp, key, version, None if key in freed else ptr, after)
                 tracked[(key, version)] = (category, nbytes)
                 if ptr is not None:
                     ptrs[(key, version)] = ptr
