@@ -372,8 +372,7 @@ def run_record(arch: Architecture, spec: TrainingSpec, opts: RunOptions, command
     ``launcher`` starts the ranks: ``launch`` (local processes, the default) or
     ``harness.ray_run.launch_ray`` bound to a cluster address."""
     import datetime as dt
-
-    import deepspeed
+    from importlib.metadata import version
 
     from harness.trace import versions
     from planner.measurement import CategoryBytes, CheckpointFiles, Measurement, RunResult
@@ -384,7 +383,8 @@ def run_record(arch: Architecture, spec: TrainingSpec, opts: RunOptions, command
         "spec": spec,
         "sharding": "deepspeed",
         "tool": "harness run (DeepSpeed + peft, torch.profiler memory per phase)",
-        "versions": {**versions(), "deepspeed": deepspeed.__version__},
+        # the version without importing deepspeed here: its import logs to stdout, which --json owns
+        "versions": {**versions(), "deepspeed": version("deepspeed")},
         "command": command,
         "date": dt.date.today().isoformat(),
         "host": f"{platform.machine()} {platform.system()}",
