@@ -102,3 +102,16 @@ def test_gpu_calibration_script_dry_run_on_the_cpu(tmp_path):
 
     cal = load_calibration(str(tmp_path / "calibration.json"))
     assert cal.fitted and cal.device == "cpu" and cal.n_records == 9
+
+
+def test_json_output_is_only_json_on_stdout():
+    """``harness run --json`` in a fresh process: stdout holds the JSON alone (DeepSpeed's
+    import-time log line went to stdout once)."""
+    import subprocess
+    import sys
+
+    args = ["run", "--model", "7b-tiny", "--method", "lora", "--zero", "0", "--steps", "1", "--warmup", "0", "--no-save", "--json"]
+    code = "import sys; from harness.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["world_size"] == 1
