@@ -152,6 +152,69 @@ _PROFILER_CATEGORY = {
 }
 
 
+@dataclass
+class _RawAllocation:
+    """One allocation (``nbytes`` > 0) or free (< 0) as the profiler's event tree has it.
+
+    ``recompute_op_end``: for an allocation made while non-reentrant checkpointing re-runs a
+    layer's forward inside backward, when the outermost op that made it ended. The profiler
+    files everything made in backward as temporaries, but a re-run's outputs are the layer's
+    activations, made a second time (what the planner counts them as): a tensor that outlives
+    the op that made it is taken as one, as the profiler takes a forward's."""
+
+    t: int
+    ptr: int
+    nbytes: int
+    tensor_key: Any
+    recompute_op_end: int | None = None
+    freed: bool = False
+    outlives_op: bool = False
+
+
+def _raw_allocations(mp: Any, device: torch.device) -> list[_RawAllocation]:
+    from torch._C._profiler import _EventType
+    from torch.profiler._memory_profiler import TensorKey
+
+    out: list[_RawAllocation] = []
+    for e in mp._op_tree.dfs():
+        if e.typed[0] != _EventType.Allocation:
+            continue
+        a = e.typed[1]
+        if a.device != device or a.alloc_size == 0:
+            continue
+        ev = _RawAllocation(e.start_time_ns, int(a.ptr), int(a.alloc_size), TensorKey.from_allocation(a))
+        if ev.nbytes > 0:
+            op, node, in_recompute, outer = None, e.parent, False, False
+            while node is not None:
+                name = node.name
+                if name.startswith("aten::"):
+                    if not outer:
+                        op = node
+                elif "torch/utils/checkpoint.py" in name:
+                    in_recompute = True
+                    break
+                else:
+                    outer = outer or op is not None
+                node = node.parent
+            if in_recompute and op is not None:
+                ev.recompute_op_end = int(op.end_time_ns)
+        out.append(ev)
+    out.sort(key=lambda x: x.t)
+    # pair each allocation with its free (by address, in time order)
+    open_at: dict[int, _RawAllocation] = {}
+    for ev in out:
+        if ev.nbytes > 0:
+            open_at[ev.ptr] = ev
+        else:
+            made = open_at.pop(ev.ptr, None)
+            if made is not None:
+                made.freed = True
+                made.outlives_op = made.recompute_op_end is not None and ev.t > made.recompute_op_end
+    for made in open_at.values():
+        made.outlives_op = made.recompute_op_end is not None
+    return out
+
+
 class PhaseProfiler:
     """``with pp.phase("forward", before=labels, after=lambda: labels_after): ...`` per phase."""
 
@@ -173,53 +236,96 @@ class PhaseProfiler:
 
         with _tolerant_data_flow():
             mp = prof._memory_profile()
+        raw = _raw_allocations(mp, self.device)
         live = {c: 0 for c in CATEGORIES}
         for category, nbytes in before.values():
             live[category] += nbytes
         tracked: dict[Any, tuple[str, int]] = {}  # key -> (category, bytes) of what the profile added
         ptrs: dict[Any, int] = {}
         baseline_gone: set[int] = set()
-        best_total, best = sum(live.values()), dict(live)
         # what the phase frees is not what the end-of-phase labels describe, even when the
         # allocator hands its address to a labelled tensor later (that reuse varies run to run)
-        freed = {key for _t, action, (key, _v), _n in mp.timeline if action == Action.DESTROY}
-        for _t, action, (key, version), nbytes in mp.timeline:
-            if key.device != self.device:
+        freed_at: dict[Any, int] = {}
+        for t, action, (key, _v), _n in mp.timeline:
+            if action == Action.DESTROY and isinstance(key, TensorKey):
+                freed_at[key] = t
+        # Allocations the profile cannot tie to a tensor all share one key in its timeline
+        # (``Key(device)``), so they are matched here by address: each free takes back what its
+        # address was given, a free of an address never given in the phase is of something
+        # alive before it (the baseline's, else an unlabelled temporary).
+        unknown: dict[int, tuple[str, int]] = {}
+        for ev in raw:
+            if ev.tensor_key is not None:
                 continue
-            ptr = key.storage.ptr if isinstance(key, TensorKey) else None
-            in_baseline = ptr is not None and ptr in before and ptr not in baseline_gone
-            if action == Action.PREEXISTING:
-                if in_baseline or nbytes <= 0:
-                    continue
-                category = self._category(mp, key, version, None if key in freed else ptr, after)
-                tracked[(key, version)] = (category, nbytes)
-                live[category] += nbytes
-            elif action == Action.CREATE:
-                category = self._category(mp, key, version, None if key in freed else ptr, after)
-                tracked[(key, version)] = (category, nbytes)
-                if ptr is not None:
-                    ptrs[(key, version)] = ptr
-                live[category] += nbytes
-            elif action == Action.INCREMENT_VERSION:
-                if (key, version) in tracked:
-                    tracked[(key, version + 1)] = tracked.pop((key, version))
-                    if (key, version) in ptrs:
-                        ptrs[(key, version + 1)] = ptrs.pop((key, version))
-                continue
-            elif action == Action.DESTROY:
-                hit = tracked.pop((key, version), None)
-                if hit is not None:
-                    live[hit[0]] -= hit[1]
-                elif in_baseline and ptr is not None:
-                    category, size = before[ptr]
-                    live[category] -= size
-                    baseline_gone.add(ptr)
+            if ev.nbytes > 0:
+                unknown[ev.ptr] = ("", ev.nbytes)
+            elif unknown.pop(ev.ptr, None) is None and ev.ptr not in before:
+                live["temporaries"] -= ev.nbytes  # alive from the start of the phase
+        unknown.clear()
+        events: list[tuple[int, int, Any]] = [(t, a.value, (a, k, n)) for t, a, k, n in mp.timeline if isinstance(k[0], TensorKey)]
+        events += [(ev.t, Action.CREATE.value if ev.nbytes > 0 else Action.DESTROY.value, ev) for ev in raw if ev.tensor_key is None]
+        events.sort(key=lambda e: (e[0], e[1]))
+        recomputed = {ev.tensor_key: ev for ev in raw if ev.tensor_key is not None and ev.recompute_op_end is not None}
+        best_total, best = sum(live.values()), dict(live)
+        for _t, _order, item in events:
+            if isinstance(item, _RawAllocation):
+                ev = item
+                if ev.nbytes > 0:
+                    category = "activations" if ev.outlives_op else "temporaries"
+                    if not ev.freed and ev.ptr in after:
+                        category = after[ev.ptr][0]
+                    unknown[ev.ptr] = (category, ev.nbytes)
+                    live[category] += ev.nbytes
                 else:
+                    hit = unknown.pop(ev.ptr, None)
+                    if hit is not None:
+                        live[hit[0]] -= hit[1]
+                    elif ev.ptr in before and ev.ptr not in baseline_gone:
+                        category, size = before[ev.ptr]
+                        live[category] -= size
+                        baseline_gone.add(ev.ptr)
+                    else:
+                        live["temporaries"] += ev.nbytes  # counted from the start (above)
+            else:
+                action, (key, version), nbytes = item
+                ptr = key.storage.ptr
+                in_baseline = ptr in before and ptr not in baseline_gone
+                if action == Action.PREEXISTING:
+                    if in_baseline or nbytes <= 0:
+                        continue
+                    category = self._category(mp, key, version, None if key in freed_at else ptr, after)
+                    tracked[(key, version)] = (category, nbytes)
+                    live[category] += nbytes
+                elif action == Action.CREATE:
+                    category = self._category(mp, key, version, None if key in freed_at else ptr, after)
+                    rec = recomputed.get(key)
+                    outlives = rec is not None and (key not in freed_at or freed_at[key] > (rec.recompute_op_end or 0))
+                    if outlives and category == "temporaries":
+                        category = "activations"  # a checkpointed layer's re-run (see _RawAllocation)
+                    tracked[(key, version)] = (category, nbytes)
+                    ptrs[(key, version)] = ptr
+                    live[category] += nbytes
+                elif action == Action.INCREMENT_VERSION:
+                    if (key, version) in tracked:
+                        tracked[(key, version + 1)] = tracked.pop((key, version))
+                        if (key, version) in ptrs:
+                            ptrs[(key, version + 1)] = ptrs.pop((key, version))
                     continue
+                elif action == Action.DESTROY:
+                    hit = tracked.pop((key, version), None)
+                    if hit is not None:
+                        live[hit[0]] -= hit[1]
+                    elif in_baseline:
+                        category, size = before[ptr]
+                        live[category] -= size
+                        baseline_gone.add(ptr)
+                    else:
+                        continue
             total = sum(live.values())
             if total > best_total:
                 best_total, best = total, dict(live)
         alive = {ptrs[k]: v for k, v in tracked.items() if k in ptrs}
+        alive.update(unknown)
         return PhaseMemory(peak_bytes=best_total, at_peak=best, alive_at_end=alive)
 
     @staticmethod

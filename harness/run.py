@@ -60,6 +60,7 @@ def deepspeed_config(arch: Architecture, spec: TrainingSpec, device: str) -> dic
             stage3_max_live_parameters=ds.stage3_max_live_parameters,
             stage3_max_reuse_distance=ds.stage3_max_reuse_distance,
             stage3_gather_16bit_weights_on_model_save=True,
+            memory_efficient_linear=ds.memory_efficient_linear,
         )
     if spec.offload in ("optimizer", "all"):
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": device == "cuda"}
@@ -187,7 +188,10 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     before = labels()
     for phase, fn in (
         ("forward", lambda: out.__setitem__("loss", engine(**batch).loss)),
-        ("backward", lambda: engine.backward(out["loss"])),
+        # the loss (and with it what autograd and checkpointing still hold) is dropped inside
+        # the phase, as a training loop drops it after backward: frees between two profiled
+        # phases would be seen by neither
+        ("backward", lambda: (engine.backward(out["loss"]), out.pop("loss"))),
         ("optimizer_step", lambda: engine.step()),
     ):
         if cuda:
@@ -205,8 +209,6 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
                 "reserved_now": torch.cuda.memory_reserved(),
             }
         before = {**pp.phases[phase].alive_at_end, **labels()}
-        if phase == "backward":
-            out.pop("loss")
     result: dict[str, Any] = {
         "rank": rank,
         "device": torch.cuda.get_device_name() if cuda else (platform.processor() or platform.machine()),
