@@ -231,7 +231,7 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         # counted below as resident while running (unsharded parameters) and as all-gather /
         # reduce-scatter buffers (temporaries).
         resident, live = ceil_div(pc.weights_bytes, n), 0
-        live_top = live
+        live_top = live_top_layers = live
     elif zero == 3:
         # every parameter has its 1/n partition (``ds_tensor``); the persisted (small) ones
         # also stay whole in ``p.data`` (one rank: the partition is the whole tensor)
@@ -249,11 +249,15 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
             ds.stage3_max_live_parameters * dt.weight,
             not_local,
         )
-        # around the turn from forward to backward DeepSpeed also keeps what it will reuse soon
-        live_top = max(live, zero3_retained_params_bytes(ds.stage3_max_reuse_distance, spec.grad_ckpt, dt.weight, not_local))
+        # around the turn from forward to backward DeepSpeed also keeps what it will reuse soon,
+        # but not what the step's trace never uses again (see _zero3_released_bytes)
+        after_fwd, after_head = _zero3_released_bytes(arch, spec, dt.weight) if not_local else (0, 0)
+        reuse = ds.stage3_max_reuse_distance
+        live_top = max(live, zero3_retained_params_bytes(reuse, spec.grad_ckpt, dt.weight, not_local - after_fwd))
+        live_top_layers = max(live, zero3_retained_params_bytes(reuse, spec.grad_ckpt, dt.weight, not_local - after_fwd - after_head))
     else:
         resident, live = pc.weights_bytes, 0
-        live_top = live
+        live_top = live_top_layers = live
 
     # -- gradients of trainable parameters, produced layer by layer through backward (top layer
     #    first, the input embedding last) and held until the optimizer step. Stages 2/3 keep a
@@ -354,7 +358,8 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
 
     stage_grads = per_setup(arch, spec, "stage_grads", lambda: {st: _layer_grad_bytes(arch, spec, (st,)) for st in act.LAYER_STAGES})
     model_items = act.model_level_saved(arch, spec, dt, full_mask)
-    model_bytes = act.total(model_items)
+    first_unsaved = act.first_layer_unsaved_bytes(arch, spec, dt, full_mask)
+    model_bytes = act.total(model_items) - first_unsaved
     ckpt_in = act.layer_checkpoint_input(arch, spec, dt).bytes
     per_layer_saved = ckpt_in if spec.grad_ckpt else layer_bytes
 
@@ -374,7 +379,8 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         temporaries=live_top + dequant + standing_buckets,
     )
     # Inside the top layer's forward: the layers below saved, this one's transients on top.
-    below_fwd = act.total([x for x in model_items if not x.name.startswith(("final_norm", "lm_head", "logits", "log_softmax_fp32"))])
+    head_items = ("final_norm", "lm_head", "logits", "log_softmax_fp32")
+    below_fwd = act.total([x for x in model_items if not x.name.startswith(head_items)]) - first_unsaved
 
     def fwd_layer(m: act.BackwardMoment) -> Split:
         if spec.grad_ckpt:  # nothing of this layer is saved but its input
@@ -400,8 +406,7 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
     saved_model = model_bytes - act.total([x for x in model_items if x.name == "logits"])
     # Inside the layers' backward the head's saved tensors (final norm, lm_head input,
     # log-probabilities) are gone; what the embedding end keeps stays.
-    head_items = ("final_norm", "lm_head", "logits", "log_softmax_fp32")
-    below = act.total([x for x in model_items if not x.name.startswith(head_items)])
+    below = below_fwd
     # A tied, trainable embedding gets two gradient contributions; autograd sums them in its
     # input buffer before the weight's AccumulateGrad, so lm_head's (V x h) waits there as a
     # temporary through the layers' backward, and at the end it, the embedding's and their sum
@@ -422,7 +427,7 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         acts = (k - 1) * per_layer_saved + current + below
         if fsdp is not None:
             return fsdp_backward(k, acts, m.temporaries + tied, done)
-        gathered = live_top if k == L else live
+        gathered = live_top_layers if k == L else live
         return Split(resident, max(grads, standing), opt, acts, gathered + dequant + m.temporaries + tied + buckets)
 
     def fsdp_backward(k: int, acts: int, temps: int, layer_grads: int) -> Split:
@@ -446,7 +451,7 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         if fsdp is not None:
             return fsdp_backward(k, acts, temps + tied, 0)
         grads = held(head + (L - k) * pc.grad_bytes_per_layer)
-        gathered = live_top if k == L else live
+        gathered = live_top_layers if k == L else live
         return Split(resident, max(grads, standing), opt, acts, gathered + dequant + temps + tied + buckets)
 
     def held(grads: int) -> int:
@@ -499,6 +504,31 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         cuda_context_bytes=cal.bytes("cuda_context_bytes"),
         activation_items=items,
     )
+
+
+def _zero3_released_bytes(arch: Architecture, spec: TrainingSpec, weight_bytes: int) -> tuple[int, int]:
+    """Gathered weights ZeRO-3 releases early in a step: (after forward, after lm_head's backward).
+
+    DeepSpeed releases a module's gathered parameters once the step's trace has no further use
+    for them (partitioned_param_coordinator.py ``__params_to_release``), whatever the reuse
+    distance. A module whose output needs no gradient gets no backward hook, so its last use is
+    its forward: the frozen input embedding, and the first layer's frozen q/k/v (their input needs
+    no gradient, see ``first_layer_input_needs_grad``) when nothing asks for the embedding
+    output's gradient. lm_head's last use is its backward, which comes before the layers'. Small
+    (persisted) weights are never released; a tied head is the embedding. Harness runs over two
+    ranks: 7b-tiny's gathered weights at the turn are the whole model less the embedding and the
+    first q/k/v without checkpointing, and less lm_head inside the top layer's backward."""
+    threshold = persistence_threshold_elems(arch, spec.deepspeed)
+    emb = prm.embedding_params(arch, spec.added_tokens)
+    after_fwd = 0
+    if not act.first_layer_input_needs_grad(spec):
+        if not arch.tie_word_embeddings and emb > threshold:
+            after_fwd += emb * weight_bytes
+        linears = prm.layer_linears(arch)
+        qkv = (linears[q].weight_numel for q in ("q_proj", "k_proj", "v_proj"))
+        after_fwd += sum(numel * weight_bytes for numel in qkv if numel > threshold)
+    head = 0 if arch.tie_word_embeddings or emb <= threshold else emb * weight_bytes
+    return after_fwd, head
 
 
 def _largest_trainable_elems(arch: Architecture, spec: TrainingSpec, pc: ParamCounts, weight_bytes: int) -> int:

@@ -41,6 +41,9 @@ class DeepSpeedConfig(BaseModel):
     stage3_max_reuse_distance: int = Field(default=1_000_000_000, ge=0)
     sub_group_size: int = Field(default=1_000_000_000, gt=0)
     overlap_comm: bool = True
+    #: ZeRO-3 swaps ``torch.nn.functional.linear`` for a function that keeps every linear's
+    #: input, frozen ones too (``zero_optimization.memory_efficient_linear``)
+    memory_efficient_linear: bool = True
 
 
 class TrainingSpec(BaseModel):

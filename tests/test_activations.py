@@ -55,8 +55,9 @@ def test_fp32_adapters_under_zero3_keep_fp32_inputs():
     inv = layer(spec)
     assert inv["qkv.q_proj.lora_input"] == 4 * TH and inv["qkv.q_proj.lora_A_out"] == 4 * T * 8
     lse, lora_outs = 4 * 2 * 32 * 512, 7 * 4 * T * 8
-    # per target 1 (mask) + 4 (fp32 copy) bytes per input element
-    assert sum(inv.values()) == (8 + 15 + 8 + 5 + 10) * TH + (6 + 5) * TI + lse + lora_outs
+    # per target 1 (mask) + 4 (fp32 copy) bytes per input element; ZeRO-3's linear keeps the
+    # frozen projections' inputs too (qkv and gate/up 2Th each, down 2Ti; o_proj's is sdpa's output)
+    assert sum(inv.values()) == (8 + 15 + 8 + 5 + 10 + 4) * TH + (6 + 5 + 2) * TI + lse + lora_outs
     no_dropout = layer(spec.model_copy(update={"lora_dropout": 0.0}))
     assert no_dropout["qkv.v_proj.lora_input"] == 4 * TH and "qkv.v_proj.lora_dropout_mask" not in no_dropout
 
@@ -113,3 +114,41 @@ def test_amp_keeps_bf16_weight_casts_and_per_consumer_input_casts():
     assert inv["autocast_weight_casts"] == 2 * per_layer_linear_weights
     # the fp32 norm output is cast to bf16 separately by q, k and v
     assert inv["qkv.q_proj.input_cast"] == inv["qkv.k_proj.input_cast"] == 2 * TH
+
+
+def test_zero3_linear_keeps_the_inputs_of_frozen_projections():
+    """DeepSpeed's LinearFunctionForZeroStage3 saves its input whatever is trainable; the same
+    LoRA under ZeRO-2 keeps none of them, and FSDP2 (torch's linear) none either."""
+    spec = TrainingSpec(method="lora", micro_batch_size=2, seq_len=512, zero_stage=3)
+    inv = layer(spec)
+    assert inv["qkv.input"] == inv["gate_up.input"] == 2 * TH and inv["down.input"] == 2 * TI
+    assert "o.input" not in inv  # o_proj reads the kernel's own output (attn.sdpa_out)
+    plain = spec.model_copy(update={"deepspeed": spec.deepspeed.model_copy(update={"memory_efficient_linear": False})})
+    for other in (spec.model_copy(update={"zero_stage": 2}), spec.model_copy(update={"sharding": "fsdp2", "offload": "none"}), plain):
+        assert not {"qkv.input", "gate_up.input", "down.input"} & set(layer(other))
+    model = {x.name: x.bytes for x in act.model_level_saved(A7, spec, BF16)}
+    assert model["lm_head.input"] == 2 * TH  # the frozen head keeps the final norm's output
+
+
+def test_first_layer_keeps_no_mask_or_norm_input_when_nothing_needs_its_input_gradient():
+    """Frozen embeddings and no checkpointing: the first layer's input needs no gradient, so its
+    input norm keeps nothing and the q/k/v dropouts keep no mask (ZeRO-3: no frozen input)."""
+    spec = TrainingSpec(method="lora", micro_batch_size=2, seq_len=512, zero_stage=2, grad_ckpt=False)
+    # fp32 norm input 4Th; three bool masks Th each
+    assert act.first_layer_unsaved_bytes(A7, spec, BF16) == 4 * TH + 3 * TH
+    z3 = spec.model_copy(update={"zero_stage": 3})
+    assert act.first_layer_unsaved_bytes(A7, z3, BF16) == 4 * TH + 3 * TH + 2 * TH
+    # checkpointing makes transformers/peft ask for the embedding output's gradient; full
+    # fine-tuning or a trained embedding needs it anyway
+    for needs in ({"grad_ckpt": True}, {"method": "full"}, {"modules_to_save": ("embed_tokens",)}):
+        assert act.first_layer_unsaved_bytes(A7, spec.model_copy(update=needs), BF16) == 0
+
+
+def test_recompute_end_keeps_the_down_inputs_fp32_cast_under_zero3():
+    """At the end of a LoRA layer's re-run, inside down_proj's adapter: the residual h1, the
+    frozen projection's output and, when the adapter is wider than the input, peft's cast of it
+    (``act(gate) * up`` itself is a saved input under ZeRO-3, a local otherwise)."""
+    z2 = TrainingSpec(method="lora", micro_batch_size=2, seq_len=512, zero_stage=2)
+    z3 = z2.model_copy(update={"zero_stage": 3})
+    assert act.recompute_end_bytes(A7, z2, BF16) == (2 * TH + 2 * TH + 2 * TI, 2 * TH + 4 * TH)
+    assert act.recompute_end_bytes(A7, z3, BF16) == (2 * TH + 2 * TH + 4 * TI, 2 * TH + 4 * TH)

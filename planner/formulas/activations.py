@@ -59,7 +59,9 @@ def _input_group(
       each target keeps its own copy (plus a bool mask with dropout); with neither, X itself.
       Under autocast ``lora_A`` keeps its bf16 cast instead. ``lora_B`` keeps ``lora_A``'s
       output (T x r);
-    * a frozen weight keeps nothing of X (its input gradient needs only the weight).
+    * a frozen weight keeps nothing of X (its input gradient needs only the weight), except
+      under DeepSpeed ZeRO-3, whose linear keeps X whatever is trainable
+      (``keeps_every_linear_input``).
     Under autocast with a wider X (fp32 residual stream) every trainable consumer casts X to bf16
     and keeps its own cast; otherwise consumers share the one tensor X.
     """
@@ -70,6 +72,8 @@ def _input_group(
     lora_bytes = dt.act if spec.precision == "amp-bf16" else adapter_bytes_per_elem(spec)
     out: list[Saved] = []
     shared_users = list(trainable)
+    # ZeRO-3's linear keeps X itself for a frozen weight too (no cast of its own)
+    keeps_x = keeps_every_linear_input(spec) and len(trainable) < len(consumers)
     for t in targets:
         if spec.lora_dropout > 0:
             # CUDA's fused native_dropout keeps a bool mask; elsewhere (the CPU) ATen's dropout
@@ -82,12 +86,21 @@ def _input_group(
         else:
             shared_users.append(t)
         out.append(Saved(f"{prefix}.{t}.lora_A_out", lora_bytes * tokens * spec.lora_rank))
-    if shared_users:
-        if cast:
-            out.extend(Saved(f"{prefix}.{u}.input_cast", dt.act * x_numel) for u in shared_users)
-        else:
-            out.append(Saved(f"{prefix}.input", x_bytes * x_numel))
+    if keeps_x or (shared_users and not cast):
+        out.append(Saved(f"{prefix}.input", x_bytes * x_numel))
+    if shared_users and cast:
+        out.extend(Saved(f"{prefix}.{u}.input_cast", dt.act * x_numel) for u in shared_users)
     return out
+
+
+def keeps_every_linear_input(spec: TrainingSpec) -> bool:
+    """DeepSpeed ZeRO-3 replaces ``torch.nn.functional.linear`` for the rest of the process once
+    ``zero.Init`` has run (``memory_efficient_linear``, on by default; transformers runs the
+    model's construction in it under ZeRO-3) with ``LinearFunctionForZeroStage3``, whose
+    ``setup_context`` saves input, weight and bias whatever needs a gradient
+    (deepspeed/runtime/zero/linear.py): a frozen linear keeps its input too. bitsandbytes'
+    4-bit layers do not go through ``F.linear``."""
+    return spec.zero_stage == 3 and spec.sharding == "deepspeed" and spec.method != "qlora" and spec.deepspeed.memory_efficient_linear
 
 
 def _rms_norm(prefix: str, trainable: bool, dt: Dtypes, tokens: int, h: int) -> list[Saved]:
@@ -175,6 +188,27 @@ def layer_inventory(arch: Architecture, spec: TrainingSpec, dt: Dtypes, full_mas
     return out
 
 
+def first_layer_input_needs_grad(spec: TrainingSpec) -> bool:
+    """Whether backward asks for the embedding output's gradient (see ``first_layer_unsaved_bytes``)."""
+    embeddings_train = spec.method == "full" or "embed_tokens" in spec.lora_targets or "embed_tokens" in spec.modules_to_save
+    return spec.grad_ckpt or embeddings_train
+
+
+def first_layer_unsaved_bytes(arch: Architecture, spec: TrainingSpec, dt: Dtypes, full_mask: bool = False) -> int:
+    """What the first layer does not keep when its input needs no gradient: with frozen input
+    embeddings and no checkpointing nothing asks for the embedding output's gradient
+    (transformers' ``gradient_checkpointing_enable`` and peft, for a checkpointing model, call
+    ``enable_input_require_grads``; without checkpointing nobody does), so the first input norm
+    keeps nothing and the first q/k/v inputs keep no dropout mask (and, under ZeRO-3, no input
+    for the frozen weights): only what lora_A's weight gradient needs."""
+    if first_layer_input_needs_grad(spec):
+        return 0
+    def unsaved(name: str) -> bool:
+        return name.startswith("input_norm.") or (name.startswith("qkv.") and name.endswith(("lora_dropout_mask", ".input")))
+
+    return total([x for x in layer_inventory(arch, spec, dt, full_mask) if unsaved(x.name)])
+
+
 def autocast_weight_cast_bytes(arch: Architecture, dt: Dtypes) -> int:
     """bf16 copies of one layer's projection weights made by autocast."""
     return dt.act * sum(s.weight_numel for s in layer_linears(arch).values())
@@ -196,7 +230,8 @@ def model_level_saved(arch: Architecture, spec: TrainingSpec, dt: Dtypes, full_m
     elif spec.attention == "sdpa" and spec.padding_mask:
         out.append(Saved("causal_mask", 1 * b * s * s))  # boolean mask (b, 1, s, s)
     out += _rms_norm("final_norm", spec.method == "full", dt, tokens, h)
-    if spec.method == "full" or "lm_head" in spec.modules_to_save:
+    frozen_head_kept = keeps_every_linear_input(spec) and "lm_head" not in spec.lora_targets
+    if spec.method == "full" or "lm_head" in spec.modules_to_save or frozen_head_kept:
         out.append(Saved("lm_head.input", dt.resid * tokens * h))
     elif "lm_head" in spec.lora_targets:
         out += _input_group("lm_head", ["lm_head"], h, dt.resid, spec, dt, tokens, full_mask)
@@ -323,9 +358,15 @@ def recompute_end_bytes(arch: Architecture, spec: TrainingSpec, dt: Dtypes) -> t
     if not spec.grad_ckpt:
         return 0, 0
     tokens = spec.tokens_per_micro_batch
-    th = tokens * arch.hidden_size
+    th, ti = tokens * arch.hidden_size, tokens * arch.intermediate_size
     if "down_proj" in _lora_targets(spec):
-        return dt.resid * th + dt.act * (th + tokens * arch.intermediate_size), dt.resid * th + 2 * dt.act * th
+        # ``act(gate) * up`` is a local unless the frozen down_proj keeps it (ZeRO-3); peft's
+        # ``x = self._cast_input_dtype(x, lora_A.weight.dtype)`` is another when the adapter's
+        # dtype differs and dropout makes lora_A's input a third tensor
+        product = 0 if keeps_every_linear_input(spec) else dt.act * ti
+        wider = spec.precision != "amp-bf16" and adapter_bytes_per_elem(spec) != dt.act
+        cast = adapter_bytes_per_elem(spec) * ti if (spec.lora_dropout > 0 and wider) else 0
+        return dt.resid * th + dt.act * th + product + cast, dt.resid * th + 2 * dt.act * th
     return dt.resid * th, dt.resid * th
 
 
