@@ -93,25 +93,15 @@ def compare(m: Measurement, cal: Calibration | None = None) -> list[Row]:
 #: run's device (``data/calibration/cpu.json`` for CPU runs): the counted terms exactly
 #: (parameters, and optimizer states when not offloaded, up to ``STEP_COUNTERS_BYTES`` for
 #: Adam's step counters, one small tensor per parameter group or per parameter), and each
-#: phase's live peak within ``RUN_PHASE_TOLERANCE``. Known gaps: at the optimizer step, ZeRO-3
-#: LoRA over several ranks holds one more copy of its adapter partition among the parameters
-#: (``zero3_step_parameters_allowance``); ZeRO-3 with LoRA keeps a few MiB more than the
-#: planner around the backward of a layer (casts and copies next to the recomputed layer on
-#: these tiny shapes), so its phases are held to ``ZERO3_LORA_TOLERANCE`` (up to 12 % under).
+#: phase's live peak within ``RUN_PHASE_TOLERANCE``. One known gap: ZeRO-3 with LoRA and
+#: checkpointing over several ranks still holds some gathered weights at the optimizer step
+#: (0.3-1 MiB on the tiny shapes: whole projections the last re-run or a prefetch brought in,
+#: released only by the next step), which the planner leaves out; that phase is held to
+#: ``ZERO3_STEP_GATHERED_TOLERANCE`` (it is a quarter of the backward peak there).
 RUN_PHASE_TOLERANCE = 0.10
-ZERO3_LORA_TOLERANCE = 0.13
+ZERO3_STEP_GATHERED_TOLERANCE = 0.15
 
 
-def zero3_step_parameters_allowance(m: Measurement, phase: str) -> int:
-    """What the parameters of a ZeRO-3 LoRA run over several ranks may exceed the planner's by
-    at the optimizer step: one partition of the trainable parameters (in the adapter dtype)."""
-    from planner.formulas.dtypes import adapter_bytes_per_elem
-    from planner.memory import param_counts
-
-    s = m.spec
-    if phase != "optimizer_step" or s.zero_stage != 3 or s.world_size < 2 or s.method == "full":
-        return 0
-    return -(-param_counts(find_model(m.model), s).trainable * adapter_bytes_per_elem(s) // s.world_size)
 STEP_COUNTERS_BYTES = 4096
 
 
@@ -139,12 +129,13 @@ def compare_run(m: Measurement, cal: Calibration | None = None) -> list[Row]:
         raise ValueError(f"{label(m)}: not a run record with a result")
     pred = gpu_memory(find_model(m.model), m.spec, cal or device_calibration(m))
     rows: list[Row] = []
-    tol = ZERO3_LORA_TOLERANCE if (m.spec.zero_stage == 3 and m.spec.method != "full") else RUN_PHASE_TOLERANCE
+    s = m.spec
+    gathered_at_step = s.zero_stage == 3 and s.world_size > 1 and s.grad_ckpt and s.method != "full"
     for phase, meas in m.result.phases.items():
         p = pred.phases[phase]
-        measured = meas.at_peak_bytes.parameters
-        rows.append(Row(f"{phase}.parameters", p.parameters, measured, zero3_step_parameters_allowance(m, phase)))
-        if m.spec.offload == "none":
+        rows.append(Row(f"{phase}.parameters", p.parameters, meas.at_peak_bytes.parameters, 0))
+        if s.offload == "none":
             rows.append(Row(f"{phase}.optimizer_states", p.optimizer_states, meas.at_peak_bytes.optimizer_states, STEP_COUNTERS_BYTES))
+        tol = ZERO3_STEP_GATHERED_TOLERANCE if (gathered_at_step and phase == "optimizer_step") else RUN_PHASE_TOLERANCE
         rows.append(Row(f"{phase}.total", p.total, meas.peak_bytes, int(tol * meas.peak_bytes)))
     return rows
