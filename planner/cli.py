@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from typing import Literal
+from typing import Any, Literal
 
 import typer
 
@@ -81,6 +81,33 @@ def plan(
         "auto", "--save-embedding-layers", case_sensitive=False, help="Which embedding layers the adapter carries in full (see README)."
     ),
     double_quant: bool = typer.Option(True, "--double-quant/--no-double-quant", help="QLoRA double quantization."),
+    deepspeed_file: str | None = typer.Option(
+        None,
+        "--deepspeed",
+        help="A DeepSpeed config JSON: ZeRO stage, offload, buffer sizes, micro batch, accumulation, precision (options given win).",
+    ),
+    peft_file: str | None = typer.Option(
+        None, "--peft", help="A PEFT adapter_config.json: LoRA rank, alpha, dropout, target modules, modules_to_save."
+    ),
+    accelerate_file: str | None = typer.Option(
+        None,
+        "--accelerate-config",
+        help="An accelerate config (YAML): processes, machines, mixed precision, the DeepSpeed (and its config file) or FSDP plugin.",
+    ),
+    reduce_bucket_size: int | None = typer.Option(None, "--reduce-bucket-size", min=1, help="DeepSpeed, elements (default h*h: auto)."),
+    prefetch_bucket_size: int | None = typer.Option(
+        None, "--stage3-prefetch-bucket-size", min=1, help="ZeRO-3, elements (default 0.9*h*h, HF's auto)."
+    ),
+    persistence_threshold: int | None = typer.Option(
+        None, "--stage3-param-persistence-threshold", min=0, help="ZeRO-3, elements (default 10*h, HF's auto)."
+    ),
+    max_live_parameters: int | None = typer.Option(None, "--stage3-max-live-parameters", min=1, help="ZeRO-3, elements (default 1e9)."),
+    max_reuse_distance: int | None = typer.Option(None, "--stage3-max-reuse-distance", min=0, help="ZeRO-3, elements (default 1e9)."),
+    sub_group_size: int | None = typer.Option(None, "--sub-group-size", min=1, help="ZeRO-3 optimizer sub-group, elements (default 1e9)."),
+    overlap_comm: bool | None = typer.Option(None, "--overlap-comm/--no-overlap-comm", help="DeepSpeed overlap_comm (default on)."),
+    memory_efficient_linear: bool | None = typer.Option(
+        None, "--memory-efficient-linear/--no-memory-efficient-linear", help="ZeRO-3's linear that keeps every input (default on)."
+    ),
     calibration: str = typer.Option(
         "auto",
         "--calibration",
@@ -113,7 +140,7 @@ def plan(
     if ctx.invoked_subcommand is not None:
         return
     compare = mode == "compare"
-    fields = {
+    fields: dict[str, Any] = {
         "precision": precision,
         "optimizer": optimizer,
         "seq_len": seq_len,
@@ -135,6 +162,34 @@ def plan(
         "save_embedding_layers": save_embedding_layers,
         "qlora_double_quant": double_quant,
     }
+    knobs = {
+        "reduce_bucket_size": reduce_bucket_size,
+        "stage3_prefetch_bucket_size": prefetch_bucket_size,
+        "stage3_param_persistence_threshold": persistence_threshold,
+        "stage3_max_live_parameters": max_live_parameters,
+        "stage3_max_reuse_distance": max_reuse_distance,
+        "sub_group_size": sub_group_size,
+        "overlap_comm": overlap_comm,
+        "memory_efficient_linear": memory_efficient_linear,
+    }
+    fields["deepspeed"] = {k: v for k, v in knobs.items() if v is not None}
+    merged = None
+    if deepspeed_file or peft_file or accelerate_file:
+        from planner import configs
+
+        if peft_file and method == "full":
+            raise PlannerError("--peft gives a LoRA configuration; it goes with --method lora or qlora")
+        explicit = {f for f, param in _PARAM_OF_FIELD.items() if _given(ctx, param)}
+        explicit |= {f"deepspeed.{k}" for k, v in knobs.items() if v is not None}
+        merged = configs.merge(
+            {**fields, "micro_batch_size": batch_size, "gpus_per_node": gpus}, explicit, deepspeed_file, peft_file, accelerate_file
+        )
+        fields = {k: v for k, v in merged.fields.items() if k not in ("micro_batch_size", "gpus_per_node")}
+        batch_size, from_file_gpus = str(merged.fields["micro_batch_size"]), merged.fields["gpus_per_node"]
+        if from_file_gpus is not None and gpus is None and instance is None and instances is None:
+            gpus = int(from_file_gpus)
+        elif from_file_gpus is not None and instance and "gpus_per_node" not in explicit:
+            merged.fields["accelerate_processes_per_node"] = int(from_file_gpus)
     if not math.isfinite(epochs) or not 0 < epochs <= 1e6:
         raise PlannerError(f"--epochs must be a number above 0 and at most 1e6 (got {epochs})")
     tokens = epoch_tokens(dataset_tokens, dataset_samples, seq_len)
@@ -172,13 +227,22 @@ def plan(
             raise PlannerError("--gpus goes with --gpu; an instance brings its own GPU count")
         inst = catalog.find_instance(instance)
         the_gpu, per_node = catalog.find_gpu(inst.gpu), inst.gpu_count
+        wanted_procs = merged.fields.get("accelerate_processes_per_node") if merged else None
+        if wanted_procs is not None and wanted_procs != per_node:
+            raise PlannerError(
+                f"{accelerate_file}: num_processes per machine is {wanted_procs} but {inst.id} has {per_node} GPUs; "
+                f"plan the GPUs you use with --gpu {the_gpu.id} --gpus {wanted_procs}"
+            )
     elif gpu:
         inst, the_gpu, per_node = None, catalog.find_gpu(gpu), gpus or 1
     else:
         raise PlannerError("missing hardware: give --instance NAME or --gpu NAME [--gpus N]")
 
-    b = 1 if batch_size.strip().lower() == "max" else positive_int(batch_size, "--batch-size")
-    spec = make_spec(arch, fields, method, per_node, b)
+    sources = merged.sources if merged else None
+    batch_where = (sources or {}).get("micro_batch_size", "default")
+    batch_where = "--batch-size" if batch_where in ("default", "--batch-size") else batch_where
+    b = 1 if batch_size.strip().lower() == "max" else positive_int(batch_size, batch_where)
+    spec = make_spec(arch, fields, method, per_node, b, sources)
     if storage_gb is not None and not math.isfinite(storage_gb):
         raise PlannerError("--storage-gb must be a finite number of GB")
     storage = None if storage_gb is None else int(storage_gb * 10**9)
@@ -191,12 +255,58 @@ def plan(
 
         spec = spec.model_copy(update={"micro_batch_size": max(1, max_micro_batch(arch, spec, the_gpu, cal))})
     result = build_plan(arch, spec, the_gpu, inst, cal, storage_bytes=storage, dataset_tokens=tokens, epochs=epochs)
+    ignored = merged.ignored if merged else []
+    result = result.model_copy(update={"settings_sources": _sources(ctx, spec, merged), "settings_ignored": ignored})
     if as_json:
         sys.stdout.write(result.model_dump_json(indent=2) + "\n")
     else:
         from planner.render import render_plan
 
         render_plan(result, _console())
+
+
+#: The spec fields a configuration file can set, and the ``plan`` parameter that sets each.
+_PARAM_OF_FIELD = {
+    "zero_stage": "zero",
+    "offload": "offload",
+    "sharding": "sharding",
+    "precision": "precision",
+    "optimizer": "optimizer",
+    "micro_batch_size": "batch_size",
+    "grad_accum": "grad_accum",
+    "nodes": "nodes",
+    "gpus_per_node": "gpus",
+    "lora_rank": "lora_rank",
+    "lora_alpha": "lora_alpha",
+    "lora_dropout": "lora_dropout",
+    "lora_targets": "lora_targets",
+    "modules_to_save": "modules_to_save",
+}
+
+
+def _given(ctx: typer.Context, param: str) -> bool:
+    """Whether an option was given on the command line (not its default). By name: typer may
+    bring its own copy of click's ``ParameterSource``."""
+    source = ctx.get_parameter_source(param)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
+def _sources(ctx: typer.Context, spec, merged) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """Where each setting of the plan came from: an option, a configuration file and key, or
+    the default."""
+    from planner.configs import OPTION_OF_FIELD
+
+    out = {}
+    for field, param in _PARAM_OF_FIELD.items():
+        if merged is not None and field in merged.sources:
+            out[field] = merged.sources[field]
+        else:
+            out[field] = OPTION_OF_FIELD[field] if _given(ctx, param) else "default"
+    knobs = spec.deepspeed.model_dump()
+    for key in knobs:
+        src = merged.sources.get(f"deepspeed.{key}") if merged else None
+        out[f"deepspeed.{key}"] = src or ("--" + key.replace("_", "-") if key in spec.deepspeed.model_fields_set else "default")
+    return out
 
 
 def _compare(arch, spec, fields, gpu, gpus, instances, methods, calibration, tokens, epochs, storage, as_json) -> None:  # type: ignore[no-untyped-def]

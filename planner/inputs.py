@@ -14,26 +14,37 @@ from planner.schemas import Architecture
 from planner.spec import TrainingSpec
 
 
-def option_error(exc: ValidationError) -> PlannerError:
-    """A spec validation error as the one-line message naming the option (``--lora-rank: ...``)."""
+def option_error(exc: ValidationError, sources: dict[str, str] | None = None) -> PlannerError:
+    """A spec validation error as the one-line message naming the option (``--lora-rank: ...``),
+    or the file and key it was read from (``adapter_config.json: r: ...``, see ``sources``)."""
     err = exc.errors()[0]
     msg = err["msg"].removeprefix("Value error, ")
-    where = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else ""
+    loc = [str(x) for x in err["loc"]]
+    field = ".".join(loc[:2]) if loc[:1] == ["deepspeed"] else (loc[0] if loc else "")
+    source = (sources or {}).get(field, "")
+    if source and not source.startswith("--") and source != "default":
+        return PlannerError(f"{source}: {msg}")
+    where = "--" + loc[0].replace("_", "-") if loc else ""
     return PlannerError(f"{where}: {msg}" if where else msg)
 
 
-def make_spec(arch: Architecture, fields: dict[str, Any], method: str, per_node: int, micro_batch: int) -> TrainingSpec:
+def make_spec(
+    arch: Architecture, fields: dict[str, Any], method: str, per_node: int, micro_batch: int, sources: dict[str, str] | None = None
+) -> TrainingSpec:
     """A validated spec for ``arch`` from the shared option fields, one method, GPU count and
-    micro batch; a LoRA rank above the smallest targeted dimension is refused too."""
+    micro batch; a LoRA rank above the smallest targeted dimension is refused too. ``sources``
+    (field -> where it was read) names a configuration file in the error when one set the value."""
     try:
         spec = TrainingSpec.model_validate({**fields, "method": method, "gpus_per_node": per_node, "micro_batch_size": micro_batch})
     except ValidationError as exc:
-        raise option_error(exc) from None
+        raise option_error(exc, sources) from None
     if spec.method != "full":
         limit = max_lora_rank(arch, spec.lora_targets)
         if spec.lora_rank > limit:
+            where = (sources or {}).get("lora_rank", "--lora-rank")
+            where = "--lora-rank" if where == "default" else where
             raise PlannerError(
-                f"--lora-rank {spec.lora_rank} is larger than the smallest targeted layer dimension ({limit}) of {arch.name}"
+                f"{where}: rank {spec.lora_rank} is larger than the smallest targeted layer dimension ({limit}) of {arch.name}"
             )
     return spec
 

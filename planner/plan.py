@@ -230,6 +230,11 @@ class Plan(_Out):
     throughput: Throughput
     time_cost: TimeCost
     cost: TimeCost = Field(description="Same as time_cost (the name reserved in schema version 1).")
+    settings_sources: dict[str, str] = Field(
+        default_factory=dict,
+        description="Where each setting came from: an option ('--zero'), a file and key ('ds.json: zero_optimization.stage') or 'default'.",
+    )
+    settings_ignored: list[str] = Field(default_factory=list, description="Keys of the configuration files read but not modelled.")
 
 
 def _warnings(arch: Architecture, spec: TrainingSpec, gpu: Gpu, instance: Instance | None) -> list[str]:

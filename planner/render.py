@@ -50,6 +50,17 @@ def _residual_line(residuals: dict | None) -> str:
     return ("Error bands (±) from: " + "; ".join(parts) + ". ") if parts else ""
 
 
+def _setting(plan: Plan, field: str) -> str:
+    """A spec setting's value for display (``deepspeed.<knob>`` included)."""
+    spec = plan.inputs.spec
+    value = getattr(spec.deepspeed, field.split(".", 1)[1]) if field.startswith("deepspeed.") else getattr(spec, field)
+    if isinstance(value, tuple):
+        return ",".join(value) or "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, float) else (f"{value:,}" if isinstance(value, int) else str(value))
+
+
 def render_plan(plan: Plan, console: Console) -> None:
     spec = plan.inputs.spec
     hw = plan.inputs.hardware
@@ -72,6 +83,20 @@ def render_plan(plan: Plan, console: Console) -> None:
             f"grad ckpt {'on' if spec.grad_ckpt else 'off'} · attention {spec.attention}",
         )
     )
+
+    from_files = {k: v for k, v in plan.settings_sources.items() if v != "default" and not v.startswith("--")}
+    if from_files:
+        files: dict[str, list[str]] = {}
+        for field, source in from_files.items():
+            name, _, key = source.partition(": ")
+            files.setdefault(name, []).append(f"{key.removeprefix('zero_optimization.')}={_setting(plan, field)}")
+        for name, items in files.items():
+            console.print(Text.assemble(("From ", "dim"), (name, "bold"), ": ", "; ".join(items)))
+        overridden = [f"{k} ({v})" for k, v in plan.settings_sources.items() if v.startswith("--")]
+        if overridden:
+            console.print(Text(f"Options given: {', '.join(overridden)}", style="dim"))
+    if plan.settings_ignored:
+        console.print(Text(f"Read, not modelled: {'; '.join(plan.settings_ignored)}", style="dim"))
 
     p = plan.parameters
     params = Table(title="Parameters", title_justify="left")
