@@ -11,6 +11,7 @@ import json
 import platform
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -169,8 +170,15 @@ def run_trace(arch: Architecture, spec: TrainingSpec, steps: int = 2, flops: boo
 
 @app.command("run")
 def run_cmd(
-    model: str = typer.Option(
-        ..., "--model", "-m", help="Catalog name or alias (7b-tiny, gqa-tiny for a CPU; 7b on a GPU) or a config.json."
+    ctx: typer.Context,
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="Catalog name or alias (7b-tiny, gqa-tiny for a CPU; 7b on a GPU) or a config.json."
+    ),
+    spec_file: Path | None = typer.Option(
+        None,
+        "--spec",
+        help="run_spec.json written by `plan --emit` (or its folder): the whole setup, model included; "
+        "ranks = its GPUs per node. Replaces --model and the training options.",
     ),
     method: Literal["full", "lora"] = typer.Option("lora", "--method", case_sensitive=False),
     batch_size: int = typer.Option(4, "--batch-size", "-b", min=1),
@@ -197,6 +205,21 @@ def run_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (raw integer bytes)."),
 ) -> None:
     """Run real training steps (transformers + peft + DeepSpeed) and measure memory, speed, checkpoints."""
+    if spec_file is not None:
+        given = [p.opts[0] for p in ctx.command.params if p.name in _SPEC_OPTIONS and _given(ctx, p.name or "")]
+        if given:
+            raise PlannerError(f"--spec gives the whole setup; drop {', '.join(given)}")
+        from planner.emit import read_run_spec
+
+        rs = read_run_spec(spec_file)
+        if rs.spec.nodes > 1:
+            raise PlannerError(f"--spec {spec_file}: {rs.spec.nodes} nodes; harness run runs the ranks of one machine")
+        arch, spec = catalog.find_model(rs.model), rs.spec
+        check_trace_input(arch, spec)
+        _run(arch, spec, RunKnobs(steps, warmup, save, timeout_s), out, as_json)
+        return
+    if model is None:
+        raise PlannerError("missing --model (or --spec run_spec.json)")
     arch = catalog.find_model(model)
     fields: dict[str, Any] = {
         "seq_len": seq_len,
@@ -214,6 +237,31 @@ def run_cmd(
     }
     spec = make_spec(arch, fields, method, nproc, batch_size)
     check_trace_input(arch, spec)
+    _run(arch, spec, RunKnobs(steps, warmup, save, timeout_s), out, as_json)
+
+
+#: ``harness run``'s options that describe the setup (what ``--spec`` replaces).
+_SPEC_OPTIONS = {
+    "model", "method", "batch_size", "seq_len", "grad_accum", "zero", "offload", "grad_ckpt", "attention", "precision",
+    "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "modules_to_save", "nproc",
+}  # fmt: skip
+
+
+def _given(ctx: typer.Context, param: str) -> bool:
+    source = ctx.get_parameter_source(param)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
+@dataclass(frozen=True)
+class RunKnobs:
+    steps: int
+    warmup: int
+    save: bool
+    timeout_s: int
+
+
+def _run(arch: Architecture, spec: TrainingSpec, knobs: RunKnobs, out: Path | None, as_json: bool) -> None:
+    """Run ``spec`` (one rank per GPU of a node) and keep and show the record."""
     if out is not None:
         _check_writable(out)
     missing = [m for m in ("torch", "transformers", "peft", "deepspeed") if importlib.util.find_spec(m) is None]
@@ -221,7 +269,7 @@ def run_cmd(
         raise PlannerError(f"harness run needs {', '.join(missing)}: pip install torch==2.13.0 && pip install -e '.[harness]'")
     from harness.run import RunOptions, run_record
 
-    opts = RunOptions(steps=steps, warmup=warmup, save=save, timeout_s=timeout_s)
+    opts = RunOptions(steps=knobs.steps, warmup=knobs.warmup, save=knobs.save, timeout_s=knobs.timeout_s)
     record = run_record(arch, spec, opts, command=_command(), progress=_progress)
     _keep_and_show(record, out, as_json, "run")
 

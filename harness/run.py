@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from planner.formulas.zero import persistence_threshold_elems, prefetch_bucket_elems, reduce_bucket_elems
 from planner.schemas import Architecture
 from planner.spec import TrainingSpec
 
@@ -43,44 +42,19 @@ WORKER_TIMEOUT_S = 1800
 
 
 def deepspeed_config(arch: Architecture, spec: TrainingSpec, device: str) -> dict[str, Any]:
-    """The DeepSpeed config a user would write for ``spec`` (Hugging Face's "auto" values made
-    explicit, as the planner assumes them)."""
-    ds = spec.deepspeed
-    zero: dict[str, Any] = {
-        "stage": spec.zero_stage,
-        "overlap_comm": ds.overlap_comm,
-        "contiguous_gradients": True,
-        "reduce_bucket_size": reduce_bucket_elems(arch, ds),
-        "sub_group_size": ds.sub_group_size,
-    }
-    if spec.zero_stage == 3:
-        zero.update(
-            stage3_prefetch_bucket_size=prefetch_bucket_elems(arch, ds),
-            stage3_param_persistence_threshold=persistence_threshold_elems(arch, ds),
-            stage3_max_live_parameters=ds.stage3_max_live_parameters,
-            stage3_max_reuse_distance=ds.stage3_max_reuse_distance,
-            stage3_gather_16bit_weights_on_model_save=True,
-            memory_efficient_linear=ds.memory_efficient_linear,
-        )
-    if spec.offload in ("optimizer", "all"):
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": device == "cuda"}
-    if spec.offload == "all":
-        zero["offload_param"] = {"device": "cpu", "pin_memory": device == "cuda"}
-    cfg: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": spec.micro_batch_size,
-        "gradient_accumulation_steps": spec.grad_accum,
-        "zero_optimization": zero,
-        "optimizer": {"type": "AdamW", "params": {"lr": 1e-5, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0}},
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
+    """The DeepSpeed config a user would write for ``spec`` (``planner.emit``: Hugging Face's
+    "auto" values made explicit, as the planner assumes them), with what a CPU run needs:
+    unpinned offload buffers, torch's AdamW, and no forced DeepSpeedCPUAdam."""
+    from planner.emit import deepspeed_config as emitted
+
+    cfg = emitted(arch, spec)
+    zero = cfg["zero_optimization"]
+    for key in ("offload_optimizer", "offload_param"):
+        if key in zero:
+            zero[key]["pin_memory"] = device == "cuda"
     if device == "cpu":
         cfg["optimizer"]["params"]["torch_adam"] = True
         cfg["zero_force_ds_cpu_optimizer"] = False
-    if spec.precision in ("bf16-mixed", "bf16"):
-        cfg["bf16"] = {"enabled": True}
-    elif spec.precision == "fp16-mixed":
-        cfg["fp16"] = {"enabled": True, "initial_scale_power": 8}
     return cfg
 
 

@@ -123,6 +123,12 @@ def plan(
     ),
     epochs: float = typer.Option(1.0, "--epochs", help="Epochs to price (time_cost covers all of them)."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON (raw integer bytes)."),
+    emit_dir: str | None = typer.Option(
+        None,
+        "--emit",
+        help="Also write ready-to-run configs for the plan into this folder: ds_config.json, adapter_config.json, "
+        "accelerate_config.yaml, launch.sh and run_spec.json (for `harness run --spec`).",
+    ),
     mode: str = typer.Option("plan", "--mode", hidden=True, help="Set by `plan compare|sweep|cheapest`."),
     models: str | None = typer.Option(None, "--models", hidden=True, help="plan sweep: comma list of models (--model in sweep)."),
     methods: str | None = typer.Option(None, "--methods", help="plan compare/sweep: comma list of methods (default full,lora)."),
@@ -196,6 +202,9 @@ def plan(
     if mode in ("sweep", "cheapest"):
         from planner import explore
 
+        if emit_dir is not None:
+            raise PlannerError(f"--emit writes the configs of one plan; drop it from `plan {mode}`")
+
         job = explore.Job(fields=fields, batch=batch_size, dataset_tokens=tokens, epochs=epochs, calibration=calibration)
         if instances and gpu:
             raise PlannerError("give --instance (a list in sweep) or --gpu, not both")
@@ -208,6 +217,8 @@ def plan(
         return
     if models or max_nodes != 1:
         raise PlannerError("--models goes with `plan sweep`, --max-nodes with `plan cheapest`")
+    if emit_dir is not None and compare:
+        raise PlannerError("--emit writes the configs of one plan; drop it from `plan compare`")
     if model is None:
         raise PlannerError("missing --model (e.g. --model 70b); see `plan --help`")
     from planner.calibration import calibration_for
@@ -257,6 +268,16 @@ def plan(
     result = build_plan(arch, spec, the_gpu, inst, cal, storage_bytes=storage, dataset_tokens=tokens, epochs=epochs)
     ignored = merged.ignored if merged else []
     result = result.model_copy(update={"settings_sources": _sources(ctx, spec, merged), "settings_ignored": ignored})
+    if emit_dir is not None:
+        from pathlib import Path
+
+        from planner.emit import emit
+
+        # a catalog model by its name; a config.json by its absolute path (the run may start elsewhere)
+        as_path = Path(model)
+        run_model = str(as_path.resolve()) if (as_path.suffix == ".json" or as_path.is_dir()) and as_path.exists() else arch.name
+        written = emit(emit_dir, run_model, arch, spec)
+        print(f"wrote {', '.join(p.name for p in written)} to {emit_dir}", file=sys.stderr)
     if as_json:
         sys.stdout.write(result.model_dump_json(indent=2) + "\n")
     else:
