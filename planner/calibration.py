@@ -6,13 +6,12 @@ measurements (``calibrated``) or is a cited default. Plans report which is which
 
 from __future__ import annotations
 
-import json
 from functools import cache
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from planner.catalog import data_dir
+from planner.catalog import data_dir, read_data_json, validation_message
 from planner.errors import PlannerError
 
 
@@ -66,9 +65,15 @@ PEAK_RESIDUAL = "memory.peak_bytes"
 THROUGHPUT_RESIDUAL = "throughput.tokens_per_s"
 
 
+#: The calibration file format. Files written before the field existed are version 1 (their
+#: bare-number residuals are read as residuals of unknown count, see ``_old_residuals``).
+CALIBRATION_SCHEMA_VERSION = 1
+
+
 class Calibration(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    schema_version: int = CALIBRATION_SCHEMA_VERSION
     id: str
     fitted: bool
     description: str = ""
@@ -142,13 +147,22 @@ def load_calibration(name: str = "default") -> Calibration:
     if name == "auto":
         name = "default"
     path = calibration_path(name)
-    try:
-        cal = Calibration(**json.loads(path.read_text()))
-    except OSError:
+    if not path.is_file():
         known = ", ".join(sorted(p.stem for p in (data_dir() / "calibration").glob("*.json")))
-        raise PlannerError(f"no calibration {name!r} ({path}); known: {known}, or a path to a .json file") from None
-    except ValueError as exc:  # JSON syntax or schema
-        raise PlannerError(f"calibration {path} is invalid: {str(exc).splitlines()[0]}") from None
+        raise PlannerError(f"no calibration {name!r} ({path}); known: {known}, or a path to a .json file")
+    raw = read_data_json(path)
+    if not isinstance(raw, dict):
+        raise PlannerError(f"{path}: expected a calibration object, got {type(raw).__name__}")
+    version = raw.get("schema_version", 1)
+    if version != CALIBRATION_SCHEMA_VERSION:
+        raise PlannerError(
+            f"{path}: calibration schema_version {version!r}; this planner reads {CALIBRATION_SCHEMA_VERSION} "
+            "(refit it with `harness calibrate`, or use a planner of that version)"
+        )
+    try:
+        cal = Calibration.model_validate(raw)
+    except ValidationError as exc:
+        raise PlannerError(validation_message(path, exc)) from None
     missing = [k for k in REQUIRED if k not in cal.coefficients]
     if missing and name != "default":
         # a calibration written before a coefficient existed: that coefficient's cited default

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -32,6 +32,40 @@ def data_dir() -> Path:
         if candidate.is_dir():
             return candidate
     raise PlannerError("cannot find the catalog folder data/ (set PLANNER_DATA_DIR)")
+
+
+def read_data_json(path: Path) -> Any:
+    """A data file's JSON; a missing, unreadable or malformed file is one ``PlannerError`` that
+    names it (and the line and column of a syntax error)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PlannerError(f"{path}: missing data file (reinstall, or set PLANNER_DATA_DIR)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PlannerError(f"{path}: cannot be read ({exc.__class__.__name__})") from None
+    except json.JSONDecodeError as exc:
+        raise PlannerError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+
+
+def validation_message(path: Path | str, exc: ValidationError, index: int | None = None) -> str:
+    """``file[: record i]: field.path: what is wrong`` for a data file that fails its schema."""
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    record = f" record {index}" if index is not None else ""
+    return f"{path}{record}: field {where}: {err['msg']}"
+
+
+def _records(path: Path, model: type[T]) -> tuple[T, ...]:
+    raw = read_data_json(path)
+    if not isinstance(raw, list):
+        raise PlannerError(f"{path}: expected a list of records, got {type(raw).__name__}")
+    out = []
+    for i, r in enumerate(raw):
+        try:
+            out.append(model.model_validate(r))
+        except ValidationError as exc:
+            raise PlannerError(validation_message(path, exc, i)) from None
+    return tuple(out)
 
 
 def _norm(name: str) -> str:
@@ -66,7 +100,9 @@ def _index(records: list[T], names: Callable[[T], list[str]]) -> dict[str, T]:
 
 def architecture_from_config(fields: dict, *, name: str, source: str | None = None) -> Architecture:
     """Validate a ``config.json`` dict as a supported architecture (raises PlannerError)."""
-    meta = fields.get("_catalog", {})
+    meta = fields.get("_catalog") or {}
+    if not isinstance(meta, dict):
+        raise PlannerError(f"{name}: field _catalog must be an object")
     model_type = fields.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise PlannerError(f"{name}: model_type {model_type!r} is not supported (supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
@@ -84,10 +120,20 @@ def architecture_from_config(fields: dict, *, name: str, source: str | None = No
         raise PlannerError(f"{name}: invalid config.json field {where}: {err['msg']}") from None
 
 
+def _architecture_file(p: Path) -> Architecture:
+    fields = read_data_json(p)
+    if not isinstance(fields, dict):
+        raise PlannerError(f"{p}: expected a config.json object, got {type(fields).__name__}")
+    try:
+        return architecture_from_config(fields, name=p.stem, source=str(p))
+    except PlannerError as exc:
+        raise PlannerError(f"{p}: {str(exc).removeprefix(p.stem + ': ')}") from None
+
+
 @cache
 def architectures() -> tuple[Architecture, ...]:
     folder = data_dir() / "architectures"
-    return tuple(architecture_from_config(json.loads(p.read_text()), name=p.stem, source=str(p)) for p in sorted(folder.glob("*.json")))
+    return tuple(_architecture_file(p) for p in sorted(folder.glob("*.json")))
 
 
 @cache
@@ -95,7 +141,7 @@ def tiny_architectures() -> tuple[Architecture, ...]:
     """Small Llama shapes for harness runs on a CPU (``data/architectures/tiny/``): found by name
     like any model, but not in the catalog's listings or ``all``."""
     folder = data_dir() / "architectures" / "tiny"
-    return tuple(architecture_from_config(json.loads(p.read_text()), name=p.stem, source=str(p)) for p in sorted(folder.glob("*.json")))
+    return tuple(_architecture_file(p) for p in sorted(folder.glob("*.json")))
 
 
 @cache
@@ -148,12 +194,12 @@ def find_model(name: str) -> Architecture:
 
 @cache
 def gpus() -> tuple[Gpu, ...]:
-    return tuple(Gpu(**r) for r in json.loads((data_dir() / "gpus.json").read_text()))
+    return _records(data_dir() / "gpus.json", Gpu)
 
 
 @cache
 def instances() -> tuple[Instance, ...]:
-    recs = tuple(Instance(**r) for r in json.loads((data_dir() / "instances.json").read_text()))
+    recs = _records(data_dir() / "instances.json", Instance)
     known = {g.id for g in gpus()}
     for r in recs:
         if r.gpu not in known:

@@ -254,8 +254,8 @@ def plan(
     batch_where = "--batch-size" if batch_where in ("default", "--batch-size") else batch_where
     b = 1 if batch_size.strip().lower() == "max" else positive_int(batch_size, batch_where)
     spec = make_spec(arch, fields, method, per_node, b, sources)
-    if storage_gb is not None and not math.isfinite(storage_gb):
-        raise PlannerError("--storage-gb must be a finite number of GB")
+    if storage_gb is not None and not (math.isfinite(storage_gb) and storage_gb <= 1e9):
+        raise PlannerError(f"--storage-gb must be a finite number of GB, at most 1e9 (got {storage_gb:g})")
     storage = None if storage_gb is None else int(storage_gb * 10**9)
     cal = calibration_for(calibration, the_gpu.id)
     if compare:
