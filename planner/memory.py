@@ -320,13 +320,14 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         else:
             step_temp = fp32_grads + max(flat16, scratch)
 
+    # Without ZeRO, DeepSpeed all-reduces the 16-bit gradients at the accumulation boundary, at
+    # the end of backward (engine.py ``_backward_epilogue`` -> ``allreduce_gradients`` ->
+    # ``allreduce_bucket``), through one flat copy of up to 5e8 elements (MEMORY_OPT_ALLREDUCE_SIZE)
+    # beside the gradients; it is gone by the step. Harness runs over two ranks: the end of
+    # backward is then the phase's peak (7b-tiny full: exactly gradients + one copy).
+    allreduce_copy = 0
     if zero == 0 and n > 1 and fsdp is None and not offload_opt:
-        # Without ZeRO, DeepSpeed all-reduces the 16-bit gradients at the accumulation boundary
-        # through one flat copy of up to 5e8 elements (engine.py ``allreduce_gradients`` /
-        # ``buffered_allreduce_fallback``, MEMORY_OPT_ALLREDUCE_SIZE), freed before the update:
-        # whichever of it and the update's scratch is larger (harness runs over two ranks see
-        # it at the step on one tiny shape, not on the other).
-        step_temp = max(step_temp, min(grads_all, DS_ALLREDUCE_BUCKET_ELEMS * g))
+        allreduce_copy = min(grads_all, DS_ALLREDUCE_BUCKET_ELEMS * g)
     dequant = 0
     if spec.method == "qlora":  # bnb dequantizes one weight to 16 bit for each matmul
         dequant = max(s.weight_numel for s in prm.layer_linears(arch).values()) * dt.act
@@ -472,6 +473,8 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
             *layer_moments_all,
             # the embedding gradient closes backward
             Split(resident, max(standing, grads_all - (ceil_div(tied, n) if zero >= 2 else tied)), opt, 0, live + buckets + 3 * tied),
+            # then ZeRO-0's all-reduce over several GPUs
+            Split(resident, max(standing, grads_all), opt, 0, live + buckets + allreduce_copy),
         ]
     else:
         # the root's backward ends: a tied embedding's contributions summed (the bottom layer's

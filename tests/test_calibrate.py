@@ -28,7 +28,7 @@ from planner.calibration import load_calibration  # noqa: E402
 from planner.catalog import find_model  # noqa: E402
 from planner.formulas.checkpoint import adapter_bytes  # noqa: E402
 from planner.measurement import CATEGORIES, RunResult, read_measurements  # noqa: E402
-from planner.memory import gpu_memory  # noqa: E402
+from planner.memory import gpu_memory, param_counts  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CATEGORY_TOLERANCE = 0.10
@@ -85,6 +85,17 @@ def test_the_calibration_is_written_with_provenance_and_residuals(calibrated):
     assert "Residuals" in stdout and "optimizer_scratch_states" in stdout
 
 
+def _late_allreduce_copy(m) -> int:
+    """ZeRO-0 over several ranks all-reduces at the end of backward through a flat copy of the
+    16-bit gradients (the planner counts it there). On the CPU gloo's worker thread may release
+    that copy only after the step has begun, under load (one CI run in several: step temporaries
+    12.5 MiB where an idle machine measures 3.9 MiB, the scratch alone): a measurement artefact,
+    allowed as exactly that copy on top."""
+    if m.spec.zero_stage != 0 or m.spec.world_size < 2:
+        return 0
+    return param_counts(find_model(m.model), m.spec).grad_bytes_total
+
+
 def test_the_cpu_calibrated_planner_predicts_the_runs(calibrated):
     _, records, cal_path, _ = calibrated
     cal = load_calibration(str(cal_path))
@@ -96,9 +107,11 @@ def test_the_cpu_calibrated_planner_predicts_the_runs(calibrated):
         arch = find_model(m.model)
         pred = gpu_memory(arch, m.spec, cal)
         p, meas = pred.phases[r.peak_phase], r.phases[r.peak_phase]
+        late = _late_allreduce_copy(m) if r.peak_phase == "optimizer_step" else 0
         for c in CATEGORIES:
             mv, pv = getattr(meas.at_peak_bytes, c), getattr(p, c)
-            if mv >= CATEGORY_FLOOR * meas.peak_bytes and abs(pv - mv) > CATEGORY_TOLERANCE * mv:
+            near = abs(pv - mv) <= CATEGORY_TOLERANCE * mv or (c == "temporaries" and abs(pv + late - mv) <= CATEGORY_TOLERANCE * mv)
+            if mv >= CATEGORY_FLOOR * meas.peak_bytes and not near:
                 failures.append(f"{label(m)} {r.peak_phase}.{c}: planner {pv:,} vs measured {mv:,}")
         checked += 1
         # counted terms, exactly
