@@ -123,6 +123,12 @@ def plan(
     ),
     epochs: float = typer.Option(1.0, "--epochs", help="Epochs to price (time_cost covers all of them)."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON (raw integer bytes)."),
+    plot: str | None = typer.Option(
+        None,
+        "--plot",
+        help="Also draw a PNG (needs matplotlib): memory per GPU by category and phase (plan), per GPU and per node "
+        "against capacity (compare), the largest micro batch per hardware (sweep).",
+    ),
     emit_dir: str | None = typer.Option(
         None,
         "--emit",
@@ -209,10 +215,12 @@ def plan(
         if instances and gpu:
             raise PlannerError("give --instance (a list in sweep) or --gpu, not both")
         if mode == "sweep":
-            explore.run_sweep(job, models or model, methods, instances, gpu, gpus, as_json, _console)
+            explore.run_sweep(job, models or model, methods, instances, gpu, gpus, as_json, _console, plot=plot)
         else:
             if instance or instances:
                 raise PlannerError("`plan cheapest` searches every catalog instance; drop --instance (use --gpu to keep one GPU type)")
+            if plot is not None:
+                raise PlannerError("--plot goes with plan, `plan compare` and `plan sweep`")
             explore.run_cheapest(job, model, method, max_nodes, as_json, _console, gpu=gpu)
         return
     if models or max_nodes != 1:
@@ -259,7 +267,7 @@ def plan(
     storage = None if storage_gb is None else int(storage_gb * 10**9)
     cal = calibration_for(calibration, the_gpu.id)
     if compare:
-        _compare(arch, spec, fields, gpu, gpus, instances or instance, methods, calibration, tokens, epochs, storage, as_json)
+        _compare(arch, spec, fields, gpu, gpus, instances or instance, methods, calibration, tokens, epochs, storage, as_json, plot)
         return
     if batch_size.strip().lower() == "max":
         from planner.plan import max_micro_batch
@@ -278,6 +286,10 @@ def plan(
         run_model = str(as_path.resolve()) if (as_path.suffix == ".json" or as_path.is_dir()) and as_path.exists() else arch.name
         written = emit(emit_dir, run_model, arch, spec)
         print(f"wrote {', '.join(p.name for p in written)} to {emit_dir}", file=sys.stderr)
+    if plot is not None:
+        from planner.plots import plan_figure, save
+
+        save(plan_figure(result), plot)
     if as_json:
         sys.stdout.write(result.model_dump_json(indent=2) + "\n")
     else:
@@ -330,7 +342,7 @@ def _sources(ctx: typer.Context, spec, merged) -> dict[str, str]:  # type: ignor
     return out
 
 
-def _compare(arch, spec, fields, gpu, gpus, instances, methods, calibration, tokens, epochs, storage, as_json) -> None:  # type: ignore[no-untyped-def]
+def _compare(arch, spec, fields, gpu, gpus, instances, methods, calibration, tokens, epochs, storage, as_json, plot=None) -> None:  # type: ignore[no-untyped-def]
     """``plan compare``: each (hardware, method) at the given micro batch and at its largest."""
     from planner.calibration import calibration_for
     from planner.plan import build_plan
@@ -358,6 +370,10 @@ def _compare(arch, spec, fields, gpu, gpus, instances, methods, calibration, tok
                 else None
             )
             rows.append((at_b, at_max))
+    if plot is not None:
+        from planner.plots import compare_figure, save
+
+        save(compare_figure([a for a, _ in rows]), plot)
     if as_json:
         out = [{"plan": a.model_dump(mode="json"), "plan_at_max_batch": None if b is None else b.model_dump(mode="json")} for a, b in rows]
         sys.stdout.write(json.dumps(out, indent=2) + "\n")

@@ -123,6 +123,7 @@ def run_sweep(
     gpus: int | None,
     as_json: bool,
     console: Callable[[], Any],
+    plot: str | None = None,
 ) -> None:
     if not models:
         raise PlannerError("missing --model (a comma list, or all)")
@@ -139,6 +140,10 @@ def run_sweep(
         raise PlannerError("missing hardware: give --instance A,B (or all) or --gpu NAME [--gpus N]")
     nodes = int(job.fields["nodes"])
     rows = [r for m in names for meth in wanted for g, inst, n in hardware for r in plan_rows(job, m, meth, g, inst, n, nodes)]
+    if plot is not None:
+        from planner.plots import save, sweep_figure
+
+        save(sweep_figure(rows), plot)
     _emit(_rank(rows), as_json, console, "sweep")
 
 
