@@ -34,15 +34,26 @@ def data_dir() -> Path:
     raise PlannerError("cannot find the catalog folder data/ (set PLANNER_DATA_DIR)")
 
 
+def read_text(path: Path, what: str = "", missing: str = "no such file") -> str:
+    """A file's UTF-8 text; a missing, unreadable or undecodable file is one ``PlannerError``
+    that names it (``what`` is the option it came from, if any)."""
+    where = f"{what} {path}" if what else str(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PlannerError(f"{where}: {missing}") from None
+    except IsADirectoryError:
+        raise PlannerError(f"{where}: is a directory, not a file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PlannerError(f"{where}: cannot be read ({exc.__class__.__name__})") from None
+
+
 def read_data_json(path: Path) -> Any:
     """A data file's JSON; a missing, unreadable or malformed file is one ``PlannerError`` that
     names it (and the line and column of a syntax error)."""
+    text = read_text(path, missing="missing data file (reinstall, or set PLANNER_DATA_DIR)")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PlannerError(f"{path}: missing data file (reinstall, or set PLANNER_DATA_DIR)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PlannerError(f"{path}: cannot be read ({exc.__class__.__name__})") from None
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise PlannerError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from planner.catalog import read_text
 from planner.errors import PlannerError
 from planner.spec import EMBEDDING_MODULES, LAYER_LINEARS, parse_targets
 
@@ -72,14 +73,7 @@ class ConfigRead:
 
 def _load(path: str | Path, what: str, yaml_ok: bool = False) -> Any:
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PlannerError(f"{what} {p}: no such file") from None
-    except IsADirectoryError:
-        raise PlannerError(f"{what} {p}: is a directory, not a file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PlannerError(f"{what} {p}: cannot be read ({exc.__class__.__name__})") from None
+    text = read_text(p, what)
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:

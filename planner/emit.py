@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from planner.catalog import read_text
 from planner.errors import PlannerError
 from planner.formulas.zero import persistence_threshold_elems, prefetch_bucket_elems, reduce_bucket_elems
 from planner.schemas import Architecture
@@ -182,12 +183,9 @@ def read_run_spec(path: str | Path) -> RunSpec:
     p = Path(path)
     if p.is_dir():
         p = p / "run_spec.json"
+    text = read_text(p, "--spec")
     try:
-        return RunSpec.model_validate_json(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PlannerError(f"--spec {p}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PlannerError(f"--spec {p}: cannot be read ({exc.__class__.__name__})") from None
+        return RunSpec.model_validate_json(text)
     except ValueError as exc:  # pydantic's ValidationError
         first = exc.errors()[0] if hasattr(exc, "errors") else {"loc": (), "msg": str(exc)}
         where = ".".join(str(x) for x in first["loc"])
