@@ -219,3 +219,16 @@ def test_the_plan_table_says_which_file_set_what(capsys):
     assert main(["--model", "70b", "--instance", "p4de.24xlarge", "--deepspeed", str(SEED / "zero_3_llama_2_70b.json")]) == 0
     out = capsys.readouterr().out
     assert "From zero_3_llama_2_70b.json: stage=3; offload_*=optimizer; bf16.enabled=bf16-mixed" in " ".join(out.split())
+
+
+def test_micro_batch_and_accumulation_from_the_deepspeed_file_unless_given(tmp_path, capsys):
+    f = tmp_path / "ds.json"
+    cfg = {"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2, "fp16": {"enabled": True}}
+    cfg["zero_optimization"] = {"stage": 2}
+    f.write_text(json.dumps(cfg))
+    got = _plan(capsys, "--model", "7b", "--gpu", "v100", "--deepspeed", str(f))
+    spec = got["inputs"]["spec"]
+    assert (spec["micro_batch_size"], spec["grad_accum"], spec["precision"], spec["zero_stage"]) == (4, 2, "fp16-mixed", 2)
+    assert got["settings_sources"]["micro_batch_size"] == "ds.json: train_micro_batch_size_per_gpu"
+    again = _plan(capsys, "--model", "7b", "--gpu", "v100", "--deepspeed", str(f), "--batch-size", "8")
+    assert again["inputs"]["spec"]["micro_batch_size"] == 8 and again["settings_sources"]["micro_batch_size"] == "--batch-size"
