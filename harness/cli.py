@@ -215,6 +215,7 @@ def run_cmd(
         if rs.spec.nodes > 1:
             raise PlannerError(f"--spec {spec_file}: {rs.spec.nodes} nodes; harness run runs the ranks of one machine")
         arch, spec = catalog.find_model(rs.model), rs.spec
+        _check_runnable(spec, spec_file)
         check_trace_input(arch, spec)
         _run(arch, spec, RunKnobs(steps, warmup, save, timeout_s), out, as_json)
         return
@@ -238,6 +239,23 @@ def run_cmd(
     spec = make_spec(arch, fields, method, nproc, batch_size)
     check_trace_input(arch, spec)
     _run(arch, spec, RunKnobs(steps, warmup, save, timeout_s), out, as_json)
+
+
+#: What ``harness run`` runs (its options' choices), checked on a ``--spec`` file too.
+RUNNABLE = {
+    "method": ("full", "lora"),
+    "attention": ("eager", "sdpa"),
+    "precision": ("bf16-mixed", "fp32"),
+    "sharding": ("deepspeed",),
+    "optimizer": ("adamw",),
+}
+
+
+def _check_runnable(spec: TrainingSpec, where: Path) -> None:
+    for field, allowed in RUNNABLE.items():
+        value = getattr(spec, field)
+        if value not in allowed:
+            raise PlannerError(f"--spec {where}: {field} {value!r}: harness run runs {', '.join(allowed)}")
 
 
 #: ``harness run``'s options that describe the setup (what ``--spec`` replaces).

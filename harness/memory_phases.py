@@ -262,7 +262,10 @@ class PhaseProfiler:
             elif unknown.pop(ev.ptr, None) is None and ev.ptr not in before:
                 live["temporaries"] -= ev.nbytes  # alive from the start of the phase
         unknown.clear()
-        events: list[tuple[int, int, Any]] = [(t, a.value, (a, k, n)) for t, a, k, n in mp.timeline if isinstance(k[0], TensorKey)]
+        # this phase's device only (the profiler records the host's allocations on a GPU run too)
+        events: list[tuple[int, int, Any]] = [
+            (t, a.value, (a, k, n)) for t, a, k, n in mp.timeline if isinstance(k[0], TensorKey) and k[0].device == self.device
+        ]
         events += [(ev.t, Action.CREATE.value if ev.nbytes > 0 else Action.DESTROY.value, ev) for ev in raw if ev.tensor_key is None]
         events.sort(key=lambda e: (e[0], e[1]))
         recomputed = {ev.tensor_key: ev for ev in raw if ev.tensor_key is not None and ev.recompute_op_end is not None}

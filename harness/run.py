@@ -53,7 +53,8 @@ def deepspeed_config(arch: Architecture, spec: TrainingSpec, device: str) -> dic
         if key in zero:
             zero[key]["pin_memory"] = device == "cuda"
     if device == "cpu":
-        cfg["optimizer"]["params"]["torch_adam"] = True
+        if cfg["optimizer"]["type"] == "AdamW":
+            cfg["optimizer"]["params"]["torch_adam"] = True
         cfg["zero_force_ds_cpu_optimizer"] = False
     return cfg
 

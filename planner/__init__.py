@@ -67,8 +67,8 @@ def plan(model: str, **options: Any) -> Plan:
     from planner.cli import app
     from planner.plan import Plan
 
-    if "json" in options or "emit" in options or "mode" in options:
-        raise PlannerError("plan(): json, emit and mode are command-line only")
+    if {"json", "emit", "mode", "help", "plot"} & set(options):
+        raise PlannerError("plan(): json, emit, plot, mode and help are command-line only")
     argv = ["--model", str(model), *_argv(options), "--json"]
     out = io.StringIO()
     try:

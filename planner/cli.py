@@ -198,6 +198,8 @@ def plan(
         )
         fields = {k: v for k, v in merged.fields.items() if k not in ("micro_batch_size", "gpus_per_node")}
         batch_size, from_file_gpus = str(merged.fields["micro_batch_size"]), merged.fields["gpus_per_node"]
+        if from_file_gpus is not None and "gpus_per_node" not in explicit and instances:
+            _check_processes(str(accelerate_file), int(from_file_gpus), instances)
         if from_file_gpus is not None and gpus is None and instance is None and instances is None:
             gpus = int(from_file_gpus)
         elif from_file_gpus is not None and instance and "gpus_per_node" not in explicit:
@@ -267,7 +269,8 @@ def plan(
     storage = None if storage_gb is None else int(storage_gb * 10**9)
     cal = calibration_for(calibration, the_gpu.id)
     if compare:
-        _compare(arch, spec, fields, gpu, gpus, instances or instance, methods, calibration, tokens, epochs, storage, as_json, plot)
+        info = {"settings_sources": _sources(ctx, spec, merged), "settings_ignored": merged.ignored if merged else []}
+        _compare(arch, spec, fields, gpu, gpus, instances or instance, methods, calibration, tokens, epochs, storage, as_json, plot, info)
         return
     if batch_size.strip().lower() == "max":
         from planner.plan import max_micro_batch
@@ -296,6 +299,17 @@ def plan(
         from planner.render import render_plan
 
         render_plan(result, _console())
+
+
+def _check_processes(source: str, procs: int, instances: str) -> None:
+    """An accelerate config fixes the processes per machine: every instance must have that many GPUs."""
+    names = [i.strip() for i in instances.split(",") if i.strip()]
+    if any(n.lower() == "all" for n in names):
+        raise PlannerError(f"{source}: {procs} processes per machine; name the instances (with {procs} GPUs) instead of all")
+    for name in names:
+        inst = catalog.find_instance(name)
+        if inst.gpu_count != procs:
+            raise PlannerError(f"{source}: num_processes per machine is {procs} but {inst.id} has {inst.gpu_count} GPUs")
 
 
 #: The spec fields a configuration file can set, and the ``plan`` parameter that sets each.
@@ -342,7 +356,9 @@ def _sources(ctx: typer.Context, spec, merged) -> dict[str, str]:  # type: ignor
     return out
 
 
-def _compare(arch, spec, fields, gpu, gpus, instances, methods, calibration, tokens, epochs, storage, as_json, plot=None) -> None:  # type: ignore[no-untyped-def]
+def _compare(  # type: ignore[no-untyped-def]
+    arch, spec, fields, gpu, gpus, instances, methods, calibration, tokens, epochs, storage, as_json, plot=None, info=None
+) -> None:
     """``plan compare``: each (hardware, method) at the given micro batch and at its largest."""
     from planner.calibration import calibration_for
     from planner.plan import build_plan
@@ -369,6 +385,9 @@ def _compare(arch, spec, fields, gpu, gpus, instances, methods, calibration, tok
                 if best >= 1
                 else None
             )
+            if info:
+                at_b = at_b.model_copy(update=info)
+                at_max = at_max.model_copy(update=info) if at_max is not None else None
             rows.append((at_b, at_max))
     if plot is not None:
         from planner.plots import compare_figure, save

@@ -154,7 +154,8 @@ def read_deepspeed(path: str | Path) -> ConfigRead:
         put("precision", "bf16-mixed", "bf16.enabled")
     elif enabled.get("fp16"):
         put("precision", "fp16-mixed", "fp16.enabled")
-    elif enabled:  # explicitly off: DeepSpeed trains in fp32
+    elif enabled and not any(_auto(_mapping(b, name).get("enabled")) for b in (bf16, fp16) if b is not None):
+        # explicitly off (no block left to "auto"): DeepSpeed trains in fp32
         put("precision", "fp32", "bf16.enabled / fp16.enabled")
     opt = cfg.get("optimizer")
     if opt is not None:
@@ -164,13 +165,14 @@ def read_deepspeed(path: str | Path) -> ConfigRead:
             raise PlannerError(f"{name}: optimizer.type {kind!r} is not one the planner models (AdamW, Adam, SGD)")
         put("optimizer", known[kind], "optimizer.type")
 
+    # what the file leaves out is DeepSpeed's default (stage 0, nothing offloaded), not the planner's
     zero = _mapping(cfg.get("zero_optimization", {}), f"{name}: zero_optimization")
-    if "stage" in zero:
-        stage = _int(zero["stage"], f"{name}: zero_optimization.stage")
-        if stage > 3:
-            raise PlannerError(f"{name}: zero_optimization.stage must be 0-3 (got {stage})")
-        put("zero_stage", stage, "zero_optimization.stage")
+    stage = _int(zero.get("stage", 0), f"{name}: zero_optimization.stage")
+    if stage > 3:
+        raise PlannerError(f"{name}: zero_optimization.stage must be 0-3 (got {stage})")
+    put("zero_stage", stage, "zero_optimization.stage" if "stage" in zero else "zero_optimization.stage (absent: DeepSpeed's 0)")
     offload = "none"
+    on = {"offload_optimizer": False, "offload_param": False}
     for key, level in (("offload_optimizer", "optimizer"), ("offload_param", "all")):
         block = zero.get(key)
         if block is None:
@@ -179,16 +181,20 @@ def read_deepspeed(path: str | Path) -> ConfigRead:
         device = str(block.get("device", "none")).lower()
         if device not in _OFFLOAD_DEVICES:
             raise PlannerError(f"{name}: zero_optimization.{key}.device must be cpu, nvme or none (got {device!r})")
+        on[key] = _OFFLOAD_DEVICES[device]
         if _OFFLOAD_DEVICES[device]:
             offload = level if level == "all" or offload == "none" else offload
         if "pin_memory" in block:
             ignored.append(f"zero_optimization.{key}.pin_memory")
         if device == "nvme":
             ignored.append(f"zero_optimization.{key}.device=nvme (planned as host memory)")
-    if "offload_param" in zero and offload == "all" and not zero.get("offload_optimizer"):
+    if on["offload_param"] and stage < 3:  # DeepSpeed offloads parameters only under ZeRO-3
+        offload = "optimizer" if on["offload_optimizer"] else "none"
+        ignored.append(f"zero_optimization.offload_param (ZeRO stage {stage}: DeepSpeed offloads parameters only at stage 3)")
+    elif on["offload_param"] and not on["offload_optimizer"]:
         raise PlannerError(f"{name}: offload_param without offload_optimizer is not a setup the planner models")
-    if any(k in zero for k in ("offload_optimizer", "offload_param")) or "stage" in zero:
-        put("offload", offload, "zero_optimization.offload_*")
+    any_on = on["offload_optimizer"] or on["offload_param"]
+    put("offload", offload, "zero_optimization.offload_*" if any_on else "zero_optimization (no offload)")
     ds: dict[str, Any] = {}
     for key, (auto_ok, minimum) in _DS_SIZES.items():
         if key not in zero:
@@ -289,29 +295,39 @@ def read_accelerate(path: str | Path) -> tuple[ConfigRead, Path | None]:
         out["gpus_per_node"] = Setting(procs // machines, f"{name}: num_processes / num_machines")
     mp = cfg.get("mixed_precision")
     if mp is not None:
-        table = {"bf16": "bf16-mixed", "fp16": "fp16-mixed", "no": "fp32", "fp8": None}
-        if str(mp).lower() not in table or table[str(mp).lower()] is None:
-            raise PlannerError(f"{name}: mixed_precision {mp!r} is not one the planner models (bf16, fp16, no)")
-        out["precision"] = Setting(table[str(mp).lower()], f"{name}: mixed_precision")
+        kind = str(cfg.get("distributed_type", "NO")).upper()
+        word = "no" if mp is False else str(mp).lower()  # YAML reads an unquoted no as false
+        # under DeepSpeed its bf16/fp16 engines; elsewhere (DDP, FSDP) torch autocast over fp32 weights
+        table = {"bf16": "bf16-mixed" if kind in ("DEEPSPEED", "FSDP") else "amp-bf16", "no": "fp32"}
+        if kind == "DEEPSPEED":
+            table["fp16"] = "fp16-mixed"
+        if word not in table:
+            choices = ", ".join(table)
+            raise PlannerError(f"{name}: mixed_precision {mp!r} with distributed_type {kind} is not one the planner models ({choices})")
+        out["precision"] = Setting(table[word], f"{name}: mixed_precision")
     kind = str(cfg.get("distributed_type", "NO")).upper()
     ds_file: Path | None = None
     if kind == "DEEPSPEED":
         ds = _mapping(cfg.get("deepspeed_config", {}), f"{name}: deepspeed_config")
         if ds.get("deepspeed_config_file"):
-            ds_file = Path(path).parent / str(ds["deepspeed_config_file"])
-        if "zero_stage" in ds:
-            stage = _int(ds["zero_stage"], f"{name}: deepspeed_config.zero_stage")
-            if stage > 3:
-                raise PlannerError(f"{name}: deepspeed_config.zero_stage must be 0-3 (got {stage})")
-            out["zero_stage"] = Setting(stage, f"{name}: deepspeed_config.zero_stage")
+            # accelerate opens it from the working directory; a path beside the config works too
+            named = Path(str(ds["deepspeed_config_file"]))
+            ds_file = named if named.exists() or named.is_absolute() else Path(path).parent / named
+        # accelerate's DeepSpeedPlugin defaults: zero_stage 2, nothing offloaded
+        stage = _int(ds.get("zero_stage", 2), f"{name}: deepspeed_config.zero_stage")
+        if stage > 3:
+            raise PlannerError(f"{name}: deepspeed_config.zero_stage must be 0-3 (got {stage})")
+        stage_key = "deepspeed_config.zero_stage" if "zero_stage" in ds else "deepspeed_config (absent zero_stage: accelerate's 2)"
+        out["zero_stage"] = Setting(stage, f"{name}: {stage_key}")
         opt_dev = str(ds.get("offload_optimizer_device", "none")).lower()
         par_dev = str(ds.get("offload_param_device", "none")).lower()
         for key, dev in (("offload_optimizer_device", opt_dev), ("offload_param_device", par_dev)):
             if dev not in _OFFLOAD_DEVICES:
                 raise PlannerError(f"{name}: deepspeed_config.{key} must be cpu, nvme or none (got {dev!r})")
-        if "offload_optimizer_device" in ds or "offload_param_device" in ds:
-            level = "all" if _OFFLOAD_DEVICES[par_dev] else ("optimizer" if _OFFLOAD_DEVICES[opt_dev] else "none")
-            out["offload"] = Setting(level, f"{name}: deepspeed_config.offload_*_device")
+        level = "all" if _OFFLOAD_DEVICES[par_dev] and stage == 3 else ("optimizer" if _OFFLOAD_DEVICES[opt_dev] else "none")
+        if _OFFLOAD_DEVICES[par_dev] and not _OFFLOAD_DEVICES[opt_dev] and stage == 3:
+            raise PlannerError(f"{name}: offload_param_device without offload_optimizer_device is not a setup the planner models")
+        out["offload"] = Setting(level, f"{name}: deepspeed_config.offload_*_device")
         if "gradient_accumulation_steps" in ds and not _auto(ds["gradient_accumulation_steps"]):
             out["grad_accum"] = Setting(
                 _int(ds["gradient_accumulation_steps"], f"{name}: deepspeed_config.gradient_accumulation_steps", 1),
@@ -402,4 +418,8 @@ def merge(
             elif field not in explicit:
                 out[field] = setting.value
                 sources[field] = setting.source
+    if out.get("offload") == "all" and int(out.get("zero_stage", 3)) < 3 and "offload" not in explicit:
+        # a stage given below 3 over a file that offloads parameters: DeepSpeed would not offload them
+        out["offload"] = "optimizer"
+        ignored.append(f"{sources.get('offload', 'offload')}: parameters (offloaded only at ZeRO stage 3)")
     return Merged(out, sources, ignored)

@@ -100,7 +100,7 @@ def lora_config(spec: TrainingSpec) -> dict[str, Any]:
 
 def accelerate_config(spec: TrainingSpec) -> str:
     """accelerate's config (YAML) for the DeepSpeed plugin, naming ``ds_config.json``."""
-    mixed = {"bf16-mixed": "bf16", "bf16": "bf16", "fp16-mixed": "fp16", "amp-bf16": "bf16"}.get(spec.precision, "no")
+    mixed = {"bf16-mixed": "bf16", "fp16-mixed": "fp16"}.get(spec.precision, "'no'")  # quoted: YAML reads no as false
     lines = [
         "# written by `plan --emit`: accelerate launch --config_file accelerate_config.yaml YOUR_SCRIPT.py",
         "compute_environment: LOCAL_MACHINE",
@@ -122,13 +122,16 @@ def launch_script(spec: TrainingSpec, model: str) -> str:
     """The commands: this plan measured by ``harness run``, and a training script launched
     with accelerate (one node) or DeepSpeed's launcher (several, over a hostfile)."""
     per_node = spec.gpus_per_node
+    measure = f"harness run --spec run_spec.json --out measured.jsonl   # model {model}, {per_node} process(es)"
+    if spec.nodes > 1:  # harness run runs the ranks of one machine
+        measure = f"# (harness run --spec measures one machine; this plan spans {spec.nodes} nodes)"
     lines = [
         "#!/usr/bin/env bash",
         "# written by `plan --emit`; run from this folder",
         "set -euo pipefail",
         "",
         "# measure this setup with the real stack (transformers + peft + DeepSpeed) on this machine:",
-        f"harness run --spec run_spec.json --out measured.jsonl   # model {model}, {per_node} process(es)",
+        measure,
         "",
         "# train with your script, one node:",
         "#   accelerate launch --config_file accelerate_config.yaml YOUR_SCRIPT.py",
@@ -148,6 +151,10 @@ def emit(folder: str | Path, model: str, arch: Architecture, spec: TrainingSpec)
     """Write the files of ``FILES`` into ``folder`` (created if needed); each is written whole
     (a temporary file renamed over it), so an interrupted emit leaves no half file."""
     out = Path(folder)
+    if spec.sharding != "deepspeed":
+        raise PlannerError("--emit writes DeepSpeed configs; FSDP2 (--sharding fsdp2) is not emitted yet")
+    if spec.precision not in ("bf16-mixed", "fp16-mixed", "fp32"):
+        raise PlannerError(f"--emit: --precision {spec.precision} has no DeepSpeed config (bf16-mixed, fp16-mixed and fp32 do)")
     if out.exists() and not out.is_dir():
         raise PlannerError(f"--emit {out}: exists and is not a folder")
     try:

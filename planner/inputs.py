@@ -25,6 +25,10 @@ def option_error(exc: ValidationError, sources: dict[str, str] | None = None) ->
     if source and not source.startswith("--") and source != "default":
         return PlannerError(f"{source}: {msg}")
     where = "--" + loc[0].replace("_", "-") if loc else ""
+    if not loc and sources:  # a rule across settings: say which of them came from files
+        read = [f"{k} from {v}" for k, v in sources.items() if v != "default" and not v.startswith("--") and not k.startswith("deepspeed.")]
+        if read:
+            msg += f" (read: {'; '.join(read)})"
     return PlannerError(f"{where}: {msg}" if where else msg)
 
 

@@ -152,3 +152,12 @@ def test_recompute_end_keeps_the_down_inputs_fp32_cast_under_zero3():
     z3 = z2.model_copy(update={"zero_stage": 3})
     assert act.recompute_end_bytes(A7, z2, BF16) == (2 * TH + 2 * TH + 2 * TI, 2 * TH + 4 * TH)
     assert act.recompute_end_bytes(A7, z3, BF16) == (2 * TH + 2 * TH + 4 * TI, 2 * TH + 4 * TH)
+
+
+def test_first_layer_keeps_x_when_lora_a_reads_it_itself():
+    """Without dropout or a cast the LoRA targets read X itself: its weight gradient needs X, so
+    only the norm's fp32 input goes."""
+    spec = TrainingSpec(method="lora", micro_batch_size=2, seq_len=512, zero_stage=2, grad_ckpt=False, lora_dropout=0.0)
+    spec = spec.model_copy(update={"adapter_dtype": "bf16"})
+    assert "qkv.input" in layer(spec)
+    assert act.first_layer_unsaved_bytes(A7, spec, BF16) == 4 * TH

@@ -62,7 +62,8 @@ def test_the_seeds_70b_deepspeed_file_and_lora_config():
 
 def test_the_seeds_accelerate_config_names_its_deepspeed_file():
     got, ds_file = read_accelerate(SEED / "accelerate_deepspeed.yaml")
-    assert _values(got) == {"nodes": 1, "gpus_per_node": 8, "precision": "bf16-mixed"}
+    # accelerate's plugin defaults (stage 2, no offload) until the DeepSpeed file it names says otherwise
+    assert _values(got) == {"nodes": 1, "gpus_per_node": 8, "precision": "bf16-mixed", "zero_stage": 2, "offload": "none"}
     assert ds_file == SEED / "zero_3_llama_2_13b.json"
 
 
@@ -232,3 +233,60 @@ def test_micro_batch_and_accumulation_from_the_deepspeed_file_unless_given(tmp_p
     assert got["settings_sources"]["micro_batch_size"] == "ds.json: train_micro_batch_size_per_gpu"
     again = _plan(capsys, "--model", "7b", "--gpu", "v100", "--deepspeed", str(f), "--batch-size", "8")
     assert again["inputs"]["spec"]["micro_batch_size"] == 8 and again["settings_sources"]["micro_batch_size"] == "--batch-size"
+
+
+@pytest.mark.parametrize(
+    ("content", "expected", "ignored"),
+    [
+        # what a file leaves out is DeepSpeed's default, not the planner's (ZeRO-3, optimizer offloaded)
+        ({"bf16": {"enabled": True}}, {"zero_stage": 0, "offload": "none", "precision": "bf16-mixed"}, None),
+        # one precision block left to "auto": the trainer decides, nothing concluded
+        (
+            {"bf16": {"enabled": "auto"}, "fp16": {"enabled": False}, "zero_optimization": {"stage": 2}},
+            {"zero_stage": 2, "offload": "none"},
+            None,
+        ),
+        # below stage 3 DeepSpeed does not offload parameters: the key is listed, not planned
+        (
+            {"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}, "offload_param": {"device": "cpu"}}},
+            {"zero_stage": 2, "offload": "optimizer"},
+            "offload_param",
+        ),
+    ],
+)
+def test_deepspeed_defaults_and_what_deepspeed_ignores(tmp_path, content, expected, ignored):
+    f = tmp_path / "ds.json"
+    f.write_text(json.dumps(content))
+    got = read_deepspeed(f)
+    assert _values(got) == expected
+    assert ignored is None or any(ignored in k for k in got.ignored)
+
+
+def test_parameters_offloaded_without_the_optimizer_is_refused(tmp_path):
+    f = tmp_path / "ds.json"
+    zero = {"stage": 3, "offload_optimizer": {"device": "none"}, "offload_param": {"device": "cpu"}}
+    f.write_text(json.dumps({"zero_optimization": zero}))
+    with pytest.raises(PlannerError, match="offload_param without offload_optimizer"):
+        read_deepspeed(f)
+
+
+@pytest.mark.parametrize(
+    ("yaml", "precision"),
+    [
+        ("distributed_type: MULTI_GPU\nmixed_precision: bf16\n", "amp-bf16"),  # DDP: autocast over fp32 weights
+        ("distributed_type: DEEPSPEED\nmixed_precision: bf16\n", "bf16-mixed"),
+        ("distributed_type: DEEPSPEED\nmixed_precision: no\n", "fp32"),  # YAML's unquoted no is false
+        ("distributed_type: MULTI_GPU\nmixed_precision: 'no'\n", "fp32"),
+    ],
+)
+def test_accelerate_mixed_precision_depends_on_the_backend(tmp_path, yaml, precision):
+    f = tmp_path / "acc.yaml"
+    f.write_text(yaml)
+    assert read_accelerate(f)[0].settings["precision"].value == precision
+
+
+def test_ddp_fp16_autocast_is_refused(tmp_path):
+    f = tmp_path / "acc.yaml"
+    f.write_text("distributed_type: MULTI_GPU\nmixed_precision: fp16\n")
+    with pytest.raises(PlannerError, match="mixed_precision 'fp16' with distributed_type MULTI_GPU"):
+        read_accelerate(f)

@@ -125,3 +125,33 @@ def test_harness_runs_the_emitted_spec_on_the_cpu(capsys, tmp_path):
     measured, planned = record["result"]["peak_bytes"], plan["memory"]["per_gpu"]["peak_allocated_bytes"]
     assert abs(planned - measured) < 0.1 * measured
     assert subprocess.run([*cmd, "--zero", "3"], cwd=ROOT, capture_output=True, text=True).returncode == 2
+
+
+def test_emit_refuses_what_it_cannot_write_and_quotes_no(capsys, tmp_path):
+    for bad in (["--sharding", "fsdp2", "--offload", "none", "--precision", "bf16"], ["--precision", "amp-bf16"], ["--precision", "bf16"]):
+        assert main(["--model", "7b", "--gpu", "a100", *bad, "--emit", str(tmp_path / "x")]) == 2
+        assert "emit" in capsys.readouterr().err
+    # fp32: accelerate's mixed_precision 'no' reads back as fp32 (YAML's bare no is false)
+    first = _plan(capsys, "--model", "7b", "--gpu", "a100", "--gpus", "2", "--precision", "fp32", "--emit", str(tmp_path / "f"))
+    files = ["--deepspeed", str(tmp_path / "f" / "ds_config.json"), "--accelerate-config", str(tmp_path / "f" / "accelerate_config.yaml")]
+    again = _plan(capsys, "--model", "7b", "--gpu", "a100", *files, "--peft", str(tmp_path / "f" / "adapter_config.json"))
+    assert _resolved(again) == _resolved(first)
+
+
+def test_a_multi_node_launch_script_does_not_offer_harness_run(capsys, tmp_path):
+    _plan(capsys, "--model", "7b", "--gpu", "a100", "--gpus", "8", "--nodes", "2", "--emit", str(tmp_path))
+    assert "\nharness run" not in (tmp_path / "launch.sh").read_text()
+
+
+@pytest.mark.parametrize(("field", "value"), [("method", "qlora"), ("sharding", "fsdp2"), ("attention", "flash"), ("optimizer", "sgd")])
+def test_harness_run_spec_refuses_what_harness_run_cannot_run(tmp_path, field, value):
+    pytest.importorskip("typer")
+    from harness.cli import main as harness_main
+
+    spec = {"method": "lora", "zero_stage": 2, "offload": "none"}
+    if value == "fsdp2":
+        spec.update(sharding="fsdp2", zero_stage=3, precision="bf16")
+    else:
+        spec[field] = value
+    (tmp_path / "run_spec.json").write_text(json.dumps({"model": "7b-tiny", "spec": spec}))
+    assert harness_main(["run", "--spec", str(tmp_path)]) == 2

@@ -71,3 +71,21 @@ def test_an_untied_buffer_that_survives_takes_its_end_of_phase_label():
     events = [_event(10, 0xA000, 2 * MiB)]
     ph = PhaseProfiler(CPU)._peak(_profile(events), {}, {0xA000: ("gradients", 2 * MiB)})
     assert ph.at_peak["gradients"] == 2 * MiB and ph.alive_at_end == {0xA000: ("gradients", 2 * MiB)}
+
+
+def test_another_devices_allocations_are_not_counted():
+    """A GPU run's profile also records the host's allocations; they are not the GPU's."""
+    from torch.profiler._memory_profiler import TensorKey
+
+    gpu = torch.device("cuda", 0)
+    host_key = TensorKey._make(7, 0x5000, 7, CPU)
+    assert host_key is not None
+    events = [_event(10, 0xA000, 2 * MiB)]
+    prof = _profile(events)
+    mp = prof._memory_profile()
+    mp.timeline = ((5, Action.CREATE, (host_key, 0), 8 * MiB), *mp.timeline)
+    mp._categories = SimpleNamespace(get=lambda *a: None)
+    ph = PhaseProfiler(gpu)._peak(SimpleNamespace(_memory_profile=lambda: mp), {}, {})
+    assert ph.peak_bytes == 0  # the 2 MiB untied one is on the CPU too, the 8 MiB tensor as well
+    ph = PhaseProfiler(CPU)._peak(SimpleNamespace(_memory_profile=lambda: mp), {}, {})
+    assert ph.peak_bytes == 10 * MiB

@@ -203,10 +203,17 @@ def first_layer_unsaved_bytes(arch: Architecture, spec: TrainingSpec, dt: Dtypes
     for the frozen weights): only what lora_A's weight gradient needs."""
     if first_layer_input_needs_grad(spec):
         return 0
-    def unsaved(name: str) -> bool:
-        return name.startswith("input_norm.") or (name.startswith("qkv.") and name.endswith(("lora_dropout_mask", ".input")))
+    inventory = layer_inventory(arch, spec, dt, full_mask)
+    names = {x.name for x in inventory}
+    # a LoRA target without its own copy reads X itself (no dropout, no cast): lora_A's weight
+    # gradient needs X, so it stays
+    x_read = any(f"qkv.{t}.lora_A_out" in names and f"qkv.{t}.lora_input" not in names for t in ("q_proj", "k_proj", "v_proj"))
 
-    return total([x for x in layer_inventory(arch, spec, dt, full_mask) if unsaved(x.name)])
+    def unsaved(name: str) -> bool:
+        mask = name.startswith("qkv.") and name.endswith("lora_dropout_mask")
+        return name.startswith("input_norm.") or mask or (name == "qkv.input" and not x_read)
+
+    return total([x for x in inventory if unsaved(x.name)])
 
 
 def autocast_weight_cast_bytes(arch: Architecture, dt: Dtypes) -> int:
