@@ -18,7 +18,7 @@ from typing import Any, Literal
 import typer
 
 from planner import catalog
-from planner.cli import run_cli
+from planner.cli import given_on_command_line, run_cli
 from planner.errors import PlannerError
 from planner.inputs import make_spec
 from planner.schemas import Architecture
@@ -206,7 +206,7 @@ def run_cmd(
 ) -> None:
     """Run real training steps (transformers + peft + DeepSpeed) and measure memory, speed, checkpoints."""
     if spec_file is not None:
-        given = [p.opts[0] for p in ctx.command.params if p.name in _SPEC_OPTIONS and _given(ctx, p.name or "")]
+        given = [p.opts[0] for p in ctx.command.params if p.name in _SPEC_OPTIONS and given_on_command_line(ctx, p.name or "")]
         if given:
             raise PlannerError(f"--spec gives the whole setup; drop {', '.join(given)}")
         from planner.emit import read_run_spec
@@ -263,11 +263,6 @@ _SPEC_OPTIONS = {
     "model", "method", "batch_size", "seq_len", "grad_accum", "zero", "offload", "grad_ckpt", "attention", "precision",
     "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "modules_to_save", "nproc",
 }  # fmt: skip
-
-
-def _given(ctx: typer.Context, param: str) -> bool:
-    source = ctx.get_parameter_source(param)
-    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
 
 
 @dataclass(frozen=True)

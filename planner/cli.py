@@ -191,8 +191,8 @@ def plan(
 
         if peft_file and method == "full":
             raise PlannerError("--peft gives a LoRA configuration; it goes with --method lora or qlora")
-        explicit = {f for f, param in _PARAM_OF_FIELD.items() if _given(ctx, param)}
-        explicit |= {f"deepspeed.{k}" for k, v in knobs.items() if v is not None}
+        explicit = _explicit(ctx)
+        explicit |= {f"deepspeed.{k}": "--" + k.replace("_", "-") for k, v in knobs.items() if v is not None}
         merged = configs.merge(
             {**fields, "micro_batch_size": batch_size, "gpus_per_node": gpus}, explicit, deepspeed_file, peft_file, accelerate_file
         )
@@ -331,24 +331,29 @@ _PARAM_OF_FIELD = {
 }
 
 
-def _given(ctx: typer.Context, param: str) -> bool:
+def given_on_command_line(ctx: typer.Context, param: str) -> bool:
     """Whether an option was given on the command line (not its default). By name: typer may
     bring its own copy of click's ``ParameterSource``."""
     source = ctx.get_parameter_source(param)
     return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
 
 
+def _explicit(ctx: typer.Context) -> dict[str, str]:
+    """Spec field -> the option that set it, for the options given on the command line."""
+    flags = {p.name: p.opts[0] for p in ctx.command.params if p.opts}
+    return {f: flags[param] for f, param in _PARAM_OF_FIELD.items() if given_on_command_line(ctx, param)}
+
+
 def _sources(ctx: typer.Context, spec, merged) -> dict[str, str]:  # type: ignore[no-untyped-def]
     """Where each setting of the plan came from: an option, a configuration file and key, or
     the default."""
-    from planner.configs import OPTION_OF_FIELD
-
+    given = _explicit(ctx)
     out = {}
-    for field, param in _PARAM_OF_FIELD.items():
+    for field in _PARAM_OF_FIELD:
         if merged is not None and field in merged.sources:
             out[field] = merged.sources[field]
         else:
-            out[field] = OPTION_OF_FIELD[field] if _given(ctx, param) else "default"
+            out[field] = given.get(field, "default")
     knobs = spec.deepspeed.model_dump()
     for key in knobs:
         src = merged.sources.get(f"deepspeed.{key}") if merged else None

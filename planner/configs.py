@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -352,26 +353,6 @@ def read_accelerate(path: str | Path) -> tuple[ConfigRead, Path | None]:
     return ConfigRead(out, ignored), ds_file
 
 
-#: ``TrainingSpec`` fields and the option that sets each (what a source is named after when
-#: the option was given explicitly).
-OPTION_OF_FIELD = {
-    "zero_stage": "--zero",
-    "offload": "--offload",
-    "sharding": "--sharding",
-    "precision": "--precision",
-    "optimizer": "--optimizer",
-    "micro_batch_size": "--batch-size",
-    "grad_accum": "--grad-accum",
-    "nodes": "--nodes",
-    "gpus_per_node": "--gpus",
-    "lora_rank": "--lora-rank",
-    "lora_alpha": "--lora-alpha",
-    "lora_dropout": "--lora-dropout",
-    "lora_targets": "--lora-targets",
-    "modules_to_save": "--modules-to-save",
-}
-
-
 @dataclass
 class Merged:
     """Spec fields from defaults, files and options, with where each came from."""
@@ -383,17 +364,17 @@ class Merged:
 
 def merge(
     fields: dict[str, Any],
-    explicit: set[str],
+    explicit: Mapping[str, str],
     deepspeed: str | None = None,
     peft: str | None = None,
     accelerate: str | None = None,
 ) -> Merged:
     """Layer the files over ``fields`` (the options' values, defaults included): accelerate,
     then the DeepSpeed file (``--deepspeed``, else the one accelerate names), then PEFT; a field
-    in ``explicit`` (given as an option) keeps the option's value. The ``deepspeed`` knobs merge
-    key by key."""
+    in ``explicit`` (field -> the option given for it) keeps the option's value. The
+    ``deepspeed`` knobs merge key by key."""
     out = dict(fields)
-    sources = {k: (OPTION_OF_FIELD.get(k, k) if k in explicit else "default") for k in fields}
+    sources = {k: explicit.get(k, "default") for k in fields}
     ignored: list[str] = []
     reads: list[tuple[str, ConfigRead]] = []
     if accelerate is not None:
