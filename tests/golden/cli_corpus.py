@@ -47,14 +47,23 @@ FILES: dict[str, str] = {
     "ds_bad_stage.json": json.dumps({"zero_optimization": {"stage": 7}}),
     "ds_broken.json": '{"zero_optimization": {"stage": 3',
     "ds_offload_param_z2.json": json.dumps({"zero_optimization": {"stage": 2, "offload_param": {"device": "cpu"}}}),
-    "peft_r16.json": json.dumps({"peft_type": "LORA", "r": 16, "lora_alpha": 32, "lora_dropout": 0.1, "target_modules": ["q_proj", "v_proj"]}),
+    "peft_r16.json": json.dumps(
+        {"peft_type": "LORA", "r": 16, "lora_alpha": 32, "lora_dropout": 0.1, "target_modules": ["q_proj", "v_proj"]}
+    ),
     "peft_all_linear.json": json.dumps({"peft_type": "LORA", "r": 64, "lora_alpha": 16, "target_modules": "all-linear"}),
     "peft_dora.json": json.dumps({"peft_type": "LORA", "r": 8, "use_dora": True, "target_modules": ["q_proj"]}),
     "peft_regex.json": json.dumps({"peft_type": "LORA", "r": 8, "target_modules": ".*proj"}),
     "peft_mts.json": json.dumps(
-        {"peft_type": "LORA", "r": 8, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "modules_to_save": ["embed_tokens", "lm_head"]}
+        {
+            "peft_type": "LORA",
+            "r": 8,
+            "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+            "modules_to_save": ["embed_tokens", "lm_head"],
+        }
     ),
-    "acc_ddp.yaml": "compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nmixed_precision: bf16\nnum_machines: 1\nnum_processes: 4\n",
+    "acc_ddp.yaml": (
+        "compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nmixed_precision: bf16\nnum_machines: 1\nnum_processes: 4\n"
+    ),
     "acc_ds4.yaml": (
         "compute_environment: LOCAL_MACHINE\ndistributed_type: DEEPSPEED\ndeepspeed_config:\n  zero_stage: 2\n"
         "  offload_optimizer_device: none\n  gradient_accumulation_steps: 2\nmixed_precision: bf16\nnum_machines: 1\nnum_processes: 4\n"
@@ -167,7 +176,8 @@ def _plan_cases() -> Iterator[list[str]]:
         ["--gpu", "A100", "--method", "lora", "--zero", "0", "--offload", "none"],
     ):
         yield ["--model", "7b", *hw]
-    for model in ("data/architectures/llama-2-7b.json", "data/architectures/tiny/llama-2-7b-tiny.json", "meta-llama/Llama-2-7b-hf", "LLAMA-2-7B"):
+    paths = ("data/architectures/llama-2-7b.json", "data/architectures/tiny/llama-2-7b-tiny.json")
+    for model in (*paths, "meta-llama/Llama-2-7b-hf", "LLAMA-2-7B"):
         yield ["--model", model, "--method", "lora", "--instance", "p4de.24xlarge"]
     yield ["-m", "7b", "-i", "p4de.24xlarge", "-b", "4", "-s", "1024"]
     # configuration files
@@ -320,7 +330,7 @@ def _error_cases() -> Iterator[list[str]]:
 def cases() -> list[dict[str, Any]]:
     """Every case: an id, the argv (``{tmp}`` to be filled in) and whether it prints JSON."""
     out = []
-    for kind, gen in (("plan", _plan_cases), ("compare", _compare_cases), ("sweep", _sweep_cases), ("cheapest", _cheapest_cases)):
+    for _kind, gen in (("plan", _plan_cases), ("compare", _compare_cases), ("sweep", _sweep_cases), ("cheapest", _cheapest_cases)):
         for argv in gen():
             out.append({"argv": [*argv, "--json"]})
     for argv in _error_cases():
