@@ -5,7 +5,7 @@ calibration the planner loads.
    each record appended as soon as its run ends: a failure is a record with its error, an
    interrupted grid resumes where it stopped.
 2. The grid's records (and, with ``published``, the published throughput points) are fitted
-   by ``planner.calibrate.fit_calibration`` (pure Python), and the calibration is written with
+   by ``planner.calibration.calibrate.fit_calibration`` (pure Python), and the calibration is written with
    its provenance and residuals, atomically, to ``data/calibration/<device>.json`` by default.
 """
 
@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from harness.grid import Grid, grid_records, run_grid
-from planner.calibrate import fit_calibration, gpu_of_device, on_gpu, published_throughput_points
-from planner.calibration import Calibration, load_calibration
-from planner.catalog import data_dir
+from planner.calibration.calibrate import fit_calibration, gpu_of_device, on_gpu, published_throughput_points
+from planner.catalog import data_dir, load_calibration
 from planner.errors import PlannerError
-from planner.measurement import Measurement, RunResult, read_measurements
+from planner.schema.calibration import Calibration
+from planner.schema.records import Measurement, RunResult, read_measurements
 
 
 def device_of(records: list[Measurement]) -> str:

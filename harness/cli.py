@@ -21,8 +21,8 @@ from planner import catalog
 from planner.cli import given_on_command_line, run_cli
 from planner.errors import PlannerError
 from planner.inputs import make_spec
-from planner.schemas import Architecture
-from planner.spec import TrainingSpec, parse_targets
+from planner.schema.catalog import Architecture
+from planner.schema.spec import TrainingSpec, parse_targets
 
 app = typer.Typer(
     add_completion=False,
@@ -136,7 +136,7 @@ def _progress(msg: str) -> None:
 def run_trace(arch: Architecture, spec: TrainingSpec, steps: int = 2, flops: bool = True, command: str = "", progress: Any = None) -> Any:
     """Trace ``spec`` and wrap the result as a ``Measurement``. Bad input raises ``PlannerError``;
     a trace that fails is returned as a record holding its error (so a grid never loses it)."""
-    from planner.measurement import Measurement, TraceResult
+    from planner.schema.records import Measurement, TraceResult
 
     missing = [m for m in ("torch", "transformers", "peft") if importlib.util.find_spec(m) is None]
     if missing:
@@ -209,7 +209,7 @@ def run_cmd(
         given = [p.opts[0] for p in ctx.command.params if p.name in _SPEC_OPTIONS and given_on_command_line(ctx, p.name or "")]
         if given:
             raise PlannerError(f"--spec gives the whole setup; drop {', '.join(given)}")
-        from planner.emit import read_run_spec
+        from planner.configs.emit import read_run_spec
 
         rs = read_run_spec(spec_file)
         if rs.spec.nodes > 1:
@@ -290,7 +290,7 @@ def _run(arch: Architecture, spec: TrainingSpec, knobs: RunKnobs, out: Path | No
 def _keep_and_show(record: Any, out: Path | None, as_json: bool, what: Literal["trace", "run"]) -> None:
     """Append the record to ``out`` (if given), then print it; a failed measurement exits 1."""
     if out is not None:
-        from planner.measurement import append_measurement
+        from planner.schema.records import append_measurement
 
         try:
             append_measurement(out, record)

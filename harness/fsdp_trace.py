@@ -113,8 +113,8 @@ from harness.trace import (
     versions,
 )
 from planner.errors import PlannerError
-from planner.schemas import Architecture
-from planner.spec import TrainingSpec
+from planner.schema.catalog import Architecture
+from planner.schema.spec import TrainingSpec
 
 __all__ = ["CATEGORY_OF_FSDP", "FSDP_TOOL", "PHASES", "trace_fsdp", "versions"]
 
@@ -315,7 +315,7 @@ def trace_fsdp(
 ) -> dict[str, Any]:
     """Run ``steps`` FSDP2 training steps of ``spec`` as rank 0 of ``spec.world_size`` on fake tensors; see module docstring.
 
-    Returns what ``planner.measurement.TraceResult`` validates (per rank), plus
+    Returns what ``planner.schema.records.TraceResult`` validates (per rank), plus
     ``debug_fsdp_split_bytes`` with ``debug=True``.
     """
     from torch._subclasses.fake_tensor import FakeTensorMode

@@ -30,8 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from planner.catalog import data_dir, find_model
 from planner.errors import PlannerError
 from planner.inputs import make_spec
-from planner.measurement import Measurement, append_measurement, read_measurements
-from planner.spec import TrainingSpec, parse_targets
+from planner.schema.records import Measurement, append_measurement, read_measurements
+from planner.schema.spec import TrainingSpec, parse_targets
 
 #: Grid option -> TrainingSpec field (the others are the same name).
 _RENAMED = {"zero": "zero_stage"}

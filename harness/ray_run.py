@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.run import RunOptions, assemble, make_job
-from planner.schemas import Architecture
-from planner.spec import TrainingSpec
+from planner.schema.catalog import Architecture
+from planner.schema.spec import TrainingSpec
 
 FORWARDED_ENV_PREFIXES = ("HARNESS_", "DS_", "DEEPSPEED_")
 DRIVER_GRACE_S = 60.0  # how long the driver waits past the deadline for the ranks' watchdogs

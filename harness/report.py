@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from planner.measurement import CATEGORIES, PHASES
+from planner.schema.records import CATEGORIES, PHASES
 
 GIB = 2**30
 
@@ -54,9 +54,8 @@ def render_run(record: Any, console: Any = None) -> None:
     prediction for the same spec, then speed and checkpoint files. MiB (2^20 bytes)."""
     from rich.table import Table
 
-    from planner.calibration import load_calibration
-    from planner.catalog import find_model
-    from planner.memory import gpu_memory
+    from planner.catalog import find_model, load_calibration
+    from planner.estimate.memory import gpu_memory
 
     console = console or _console()
     r, s = record.result, record.spec
@@ -104,7 +103,7 @@ def render_calibration(cal: Any, path: Any, records: list[Any], console: Any = N
     """The fitted coefficients (against the cited defaults) and the residuals per quantity."""
     from rich.table import Table
 
-    from planner.calibration import load_calibration
+    from planner.catalog import load_calibration
 
     console = console or _console()
     base = load_calibration("default")

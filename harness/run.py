@@ -35,17 +35,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from planner.schemas import Architecture
-from planner.spec import TrainingSpec
+from planner.schema.catalog import Architecture
+from planner.schema.spec import TrainingSpec
 
 WORKER_TIMEOUT_S = 1800
 
 
 def deepspeed_config(arch: Architecture, spec: TrainingSpec, device: str) -> dict[str, Any]:
-    """The DeepSpeed config a user would write for ``spec`` (``planner.emit``: Hugging Face's
+    """The DeepSpeed config a user would write for ``spec`` (``planner.configs.emit``: Hugging Face's
     "auto" values made explicit, as the planner assumes them), with what a CPU run needs:
     unpinned offload buffers, torch's AdamW, and no forced DeepSpeedCPUAdam."""
-    from planner.emit import deepspeed_config as emitted
+    from planner.configs.emit import deepspeed_config as emitted
 
     cfg = emitted(arch, spec)
     zero = cfg["zero_optimization"]
@@ -352,7 +352,7 @@ def run_record(arch: Architecture, spec: TrainingSpec, opts: RunOptions, command
     from importlib.metadata import version
 
     from harness.trace import versions
-    from planner.measurement import CategoryBytes, CheckpointFiles, Measurement, RunResult
+    from planner.schema.records import CategoryBytes, CheckpointFiles, Measurement, RunResult
 
     base = {
         "kind": "run",

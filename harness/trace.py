@@ -66,8 +66,8 @@ from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdp
 from harness.golden import quiet as _quiet
 from planner.errors import PlannerError
 from planner.formulas.dtypes import adapter_dtype
-from planner.schemas import Architecture
-from planner.spec import TrainingSpec
+from planner.schema.catalog import Architecture
+from planner.schema.spec import TrainingSpec
 
 aten = torch.ops.aten
 TOOL = "harness trace: FakeTensorMode + MemTracker + FlopCounterMode (torch.distributed._tools)"

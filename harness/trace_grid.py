@@ -16,7 +16,7 @@ from pathlib import Path
 
 from harness.cli import check_trace_input, run_trace, trace_spec
 from planner.catalog import find_model
-from planner.measurement import Measurement, append_measurement, read_measurements
+from planner.schema.records import Measurement, append_measurement, read_measurements
 
 OUT_DIR = Path(__file__).resolve().parent.parent / "data" / "measurements" / "trace"
 

@@ -10,9 +10,9 @@ The public surface (``__all__``)::
 ``lora_rank``, ``--grad-ckpt/--no-grad-ckpt`` is ``grad_ckpt=True/False``, comma lists may be
 lists) and returns the same pydantic model that ``plan --json`` prints (``Plan``; its
 ``model_dump()`` is that JSON). Bad input raises ``PlannerError`` with the CLI's one-line
-message. ``build_plan`` (``from planner.plan import build_plan``) is the lower-level entry
-point over a ``TrainingSpec``. NB: ``planner.plan`` is this function; the module of that name
-is reached with ``from planner.plan import ...``.
+message. ``build_plan`` (``from planner.estimate.plan import build_plan``) is the lower-level entry
+point over a ``TrainingSpec``. NB: ``planner.estimate.plan`` is this function; the module of that name
+is reached with ``from planner.estimate.plan import ...``.
 """
 
 from __future__ import annotations
@@ -23,12 +23,11 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from planner import plan as _plan_module  # noqa: F401  (loaded first: ``plan`` below is the function)
 from planner.errors import PlannerError
-from planner.spec import DeepSpeedConfig, TrainingSpec
+from planner.schema.spec import DeepSpeedConfig, TrainingSpec
 
 if TYPE_CHECKING:
-    from planner.plan import Plan
+    from planner.schema.plan import Plan
 
 __version__ = "0.1.0"
 __all__ = ["DeepSpeedConfig", "Plan", "PlannerError", "TrainingSpec", "__version__", "plan"]
@@ -36,7 +35,7 @@ __all__ = ["DeepSpeedConfig", "Plan", "PlannerError", "TrainingSpec", "__version
 
 def __getattr__(name: str) -> Any:
     if name == "Plan":
-        from planner.plan import Plan
+        from planner.schema.plan import Plan
 
         return Plan
     raise AttributeError(f"module 'planner' has no attribute {name!r}")
@@ -65,7 +64,7 @@ def plan(model: str, **options: Any) -> Plan:
     / ``peft`` / ``accelerate_config`` (file paths), ``calibration``, ``dataset_tokens``,
     ``epochs``, ... (``plan --help``)."""
     from planner.cli import app
-    from planner.plan import Plan
+    from planner.schema.plan import Plan
 
     if {"json", "emit", "mode", "help", "plot"} & set(options):
         raise PlannerError("plan(): json, emit, plot, mode and help are command-line only")

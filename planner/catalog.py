@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from planner.errors import PlannerError
-from planner.schemas import Architecture, Gpu, Instance
+from planner.schema.calibration import CALIBRATION_SCHEMA_VERSION, REQUIRED, Calibration
+from planner.schema.catalog import Architecture, Gpu, Instance
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
@@ -234,3 +235,66 @@ def find_gpu(name: str) -> Gpu:
 
 def find_instance(name: str) -> Instance:
     return _lookup("instance", name, _instance_index())
+
+
+# --- calibrations ------------------------------------------------------------------------------
+
+
+def calibration_path(name: str) -> Path:
+    """A calibration by name (``data/calibration/<name>.json``) or by path (ends in ``.json``)."""
+    return Path(name) if name.endswith(".json") or "/" in name else data_dir() / "calibration" / f"{name}.json"
+
+
+def load_calibration(name: str = "default") -> Calibration:
+    """A calibration by name or path; ``auto`` (no GPU known) is ``default``. Cached by the
+    file's resolved path, size and modification time, so a changed file or data folder
+    (``PLANNER_DATA_DIR``) is read again."""
+    if name == "auto":
+        name = "default"
+    path = calibration_path(name)
+    try:
+        st = path.stat()
+    except OSError:
+        st = None
+    if st is None or not path.is_file():
+        known = ", ".join(sorted(p.stem for p in (data_dir() / "calibration").glob("*.json")))
+        raise PlannerError(f"no calibration {name!r} ({path}); known: {known}, or a path to a .json file")
+    return _load_calibration(name, path.resolve(), st.st_size, st.st_mtime_ns, data_dir().resolve())
+
+
+@cache
+def _load_calibration(name: str, path: Path, size: int, mtime_ns: int, folder: Path) -> Calibration:
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in (data_dir() / "calibration").glob("*.json")))
+        raise PlannerError(f"no calibration {name!r} ({path}); known: {known}, or a path to a .json file")
+    raw = read_data_json(path)
+    if not isinstance(raw, dict):
+        raise PlannerError(f"{path}: expected a calibration object, got {type(raw).__name__}")
+    version = raw.get("schema_version", 1)
+    if version != CALIBRATION_SCHEMA_VERSION:
+        raise PlannerError(
+            f"{path}: calibration schema_version {version!r}; this planner reads {CALIBRATION_SCHEMA_VERSION} "
+            "(refit it with `harness calibrate`, or use a planner of that version)"
+        )
+    try:
+        cal = Calibration.model_validate(raw)
+    except ValidationError as exc:
+        raise PlannerError(validation_message(path, exc)) from None
+    missing = [k for k in REQUIRED if k not in cal.coefficients]
+    if missing and name != "default":
+        # a calibration written before a coefficient existed: that coefficient's cited default
+        base = load_calibration("default")
+        cal = cal.model_copy(update={"coefficients": {**cal.coefficients, **{k: base.coefficients[k] for k in missing}}})
+        missing = [k for k in REQUIRED if k not in cal.coefficients]
+    if missing:
+        raise PlannerError(f"calibration {name!r} lacks {', '.join(missing)}")
+    return cal
+
+
+def calibration_for(name: str, gpu: str) -> Calibration:
+    """``--calibration``'s value resolved for one GPU: ``auto`` takes the calibration fitted on
+    that GPU (``data/calibration/<gpu>.json``) when there is one, else ``default``."""
+    if name == "auto":
+        fitted = data_dir() / "calibration" / f"{gpu}.json"
+        return load_calibration(gpu if fitted.exists() else "default")
+    return load_calibration(name)

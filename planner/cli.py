@@ -1,4 +1,4 @@
-"""The ``plan`` command: thin option parsing; everything else lives in planner.plan/render.
+"""The ``plan`` command: thin option parsing; everything else lives in planner.estimate.plan/render.
 
 Errors in the input print one line on stderr and exit 2; "does not fit" is a result (exit 0).
 """
@@ -16,8 +16,8 @@ from planner import catalog
 from planner.errors import PlannerError
 from planner.inputs import dataset_tokens as epoch_tokens
 from planner.inputs import make_spec, positive_int
-from planner.schemas import Gpu, Instance
-from planner.spec import parse_targets
+from planner.schema.catalog import Gpu, Instance
+from planner.schema.spec import parse_targets
 
 app = typer.Typer(
     add_completion=False,
@@ -187,7 +187,7 @@ def plan(
     fields["deepspeed"] = {k: v for k, v in knobs.items() if v is not None}
     merged = None
     if deepspeed_file or peft_file or accelerate_file:
-        from planner import configs
+        from planner.configs import read as configs
 
         if peft_file and method == "full":
             raise PlannerError("--peft gives a LoRA configuration; it goes with --method lora or qlora")
@@ -208,7 +208,7 @@ def plan(
         raise PlannerError(f"--epochs must be a number above 0 and at most 1e6 (got {epochs})")
     tokens = epoch_tokens(dataset_tokens, dataset_samples, seq_len)
     if mode in ("sweep", "cheapest"):
-        from planner import explore
+        from planner import search as explore
 
         if emit_dir is not None:
             raise PlannerError(f"--emit writes the configs of one plan; drop it from `plan {mode}`")
@@ -231,8 +231,8 @@ def plan(
         raise PlannerError("--emit writes the configs of one plan; drop it from `plan compare`")
     if model is None:
         raise PlannerError("missing --model (e.g. --model 70b); see `plan --help`")
-    from planner.calibration import calibration_for
-    from planner.plan import build_plan
+    from planner.catalog import calibration_for
+    from planner.estimate.plan import build_plan
 
     arch = catalog.find_model(model)
     if (methods or instances) and not compare:
@@ -273,7 +273,7 @@ def plan(
         _compare(arch, spec, fields, gpu, gpus, instances or instance, methods, calibration, tokens, epochs, storage, as_json, plot, info)
         return
     if batch_size.strip().lower() == "max":
-        from planner.plan import max_micro_batch
+        from planner.estimate.plan import max_micro_batch
 
         spec = spec.model_copy(update={"micro_batch_size": max(1, max_micro_batch(arch, spec, the_gpu, cal))})
     result = build_plan(arch, spec, the_gpu, inst, cal, storage_bytes=storage, dataset_tokens=tokens, epochs=epochs)
@@ -282,7 +282,7 @@ def plan(
     if emit_dir is not None:
         from pathlib import Path
 
-        from planner.emit import emit
+        from planner.configs.emit import emit
 
         # a catalog model by its name; a config.json by its absolute path (the run may start elsewhere)
         as_path = Path(model)
@@ -290,13 +290,13 @@ def plan(
         written = emit(emit_dir, run_model, arch, spec)
         print(f"wrote {', '.join(p.name for p in written)} to {emit_dir}", file=sys.stderr)
     if plot is not None:
-        from planner.plots import plan_figure, save
+        from planner.render.plots import plan_figure, save
 
         save(plan_figure(result), plot)
     if as_json:
         sys.stdout.write(result.model_dump_json(indent=2) + "\n")
     else:
-        from planner.render import render_plan
+        from planner.render.tables import render_plan
 
         render_plan(result, _console())
 
@@ -365,8 +365,8 @@ def _compare(  # type: ignore[no-untyped-def]
     arch, spec, fields, gpu, gpus, instances, methods, calibration, tokens, epochs, storage, as_json, plot=None, info=None
 ) -> None:
     """``plan compare``: each (hardware, method) at the given micro batch and at its largest."""
-    from planner.calibration import calibration_for
-    from planner.plan import build_plan
+    from planner.catalog import calibration_for
+    from planner.estimate.plan import build_plan
 
     wanted = [m.strip().lower() for m in (methods or "full,lora").split(",") if m.strip()]
     bad = [m for m in wanted if m not in ("full", "lora", "qlora")]
@@ -395,14 +395,14 @@ def _compare(  # type: ignore[no-untyped-def]
                 at_max = at_max.model_copy(update=info) if at_max is not None else None
             rows.append((at_b, at_max))
     if plot is not None:
-        from planner.plots import compare_figure, save
+        from planner.render.plots import compare_figure, save
 
         save(compare_figure([a for a, _ in rows]), plot)
     if as_json:
         out = [{"plan": a.model_dump(mode="json"), "plan_at_max_batch": None if b is None else b.model_dump(mode="json")} for a, b in rows]
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
     else:
-        from planner.render import render_compare
+        from planner.render.tables import render_compare
 
         render_compare(rows, _console())
 
@@ -410,7 +410,7 @@ def _compare(  # type: ignore[no-untyped-def]
 @app.command("list")
 def list_catalog(what: Literal["models", "gpus", "instances"] = typer.Argument(..., case_sensitive=False)) -> None:
     """List the catalog: models, gpus or instances."""
-    from planner import render
+    from planner.render import tables as render
 
     console = _console()
     if what == "models":

@@ -10,8 +10,8 @@ from pydantic import ValidationError
 
 from planner.errors import PlannerError
 from planner.formulas.params import max_lora_rank
-from planner.schemas import Architecture
-from planner.spec import TrainingSpec
+from planner.schema.catalog import Architecture
+from planner.schema.spec import TrainingSpec
 
 
 def option_error(exc: ValidationError, sources: dict[str, str] | None = None) -> PlannerError:

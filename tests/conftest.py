@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from planner.catalog import find_gpu, find_instance, find_model
-from planner.schemas import Architecture
-from planner.spec import TrainingSpec
+from planner.schema.catalog import Architecture
+from planner.schema.spec import TrainingSpec
 
 GOLDEN = Path(__file__).parent / "golden" / "reference_counts.json"
 
@@ -39,10 +39,10 @@ def pytest_terminal_summary(terminalreporter) -> None:
 
     from rich.console import Console
 
-    from planner.agreement import compare, label
+    from planner.calibration.agreement import compare, label
     from planner.catalog import data_dir
-    from planner.measurement import read_measurements
-    from planner.render import render_agreement
+    from planner.render.tables import render_agreement
+    from planner.schema.records import read_measurements
 
     if terminalreporter.config.getoption("benchmark_only", False):
         return  # the benchmark step of .ci/run: only the timings
@@ -59,8 +59,8 @@ def pytest_terminal_summary(terminalreporter) -> None:
 
     from rich.table import Table
 
-    from planner.measurement import PublishedResult
-    from planner.published import compare_published, published_measurements
+    from planner.calibration.published import compare_published, published_measurements
+    from planner.schema.records import PublishedResult
 
     rows = [(m, m.result, c) for m in published_measurements() if isinstance(m.result, PublishedResult) for c in compare_published(m)]
     tab = Table(
@@ -92,7 +92,7 @@ def pytest_terminal_summary(terminalreporter) -> None:
     terminalreporter.write_sep("=", f"planner vs published points: {len(rows)} figures; " + "; ".join(summary))
     terminalreporter.write(buf.getvalue())
 
-    from planner.agreement import compare_run
+    from planner.calibration.agreement import compare_run
 
     runs = (
         [m for m in read_measurements(data_dir() / "measurements" / "run") if m.result is not None]
@@ -100,7 +100,7 @@ def pytest_terminal_summary(terminalreporter) -> None:
         else []
     )
     if runs:
-        from planner.agreement import device_calibration
+        from planner.calibration.agreement import device_calibration
 
         cal = device_calibration(runs[0])
         tab = Table(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from planner.catalog import find_model
 from planner.formulas import activations as act
 from planner.formulas.dtypes import PRECISIONS
-from planner.spec import TrainingSpec
+from planner.schema.spec import TrainingSpec
 
 A7 = find_model("7b")
 A70 = find_model("70b")

@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 from planner.catalog import find_gpu, find_instance, find_model
-from planner.plan import build_plan
-from planner.spec import TrainingSpec
+from planner.estimate.plan import build_plan
+from planner.schema.spec import TrainingSpec
 
 P4DE = find_instance("p4de.24xlarge")
 
@@ -50,9 +50,9 @@ def test_bench_memory_and_time_of_10000_configurations(benchmark):
     """The inner loop of a sweep: memory per GPU and step time for 10,000 (model, method,
     instance, micro batch) configurations, without building Plan objects. Issue 4's target is
     10,000 configurations per second; see the README for the measured rate."""
-    from planner.calibration import load_calibration
-    from planner.memory import gpu_memory, param_counts
-    from planner.timing import step_timing
+    from planner.catalog import load_calibration
+    from planner.estimate.memory import gpu_memory, param_counts
+    from planner.estimate.timing import step_timing
 
     cal = load_calibration()
     insts = [find_instance(n) for n in ("p4de.24xlarge", "p5.48xlarge", "g5.48xlarge", "g6e.48xlarge")]

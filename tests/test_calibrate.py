@@ -23,12 +23,11 @@ import pytest
 pytest.importorskip("deepspeed")
 pytestmark = pytest.mark.harness
 
-from planner.agreement import STEP_COUNTERS_BYTES, label  # noqa: E402
-from planner.calibration import load_calibration  # noqa: E402
-from planner.catalog import find_model  # noqa: E402
+from planner.calibration.agreement import STEP_COUNTERS_BYTES, label  # noqa: E402
+from planner.catalog import find_model, load_calibration  # noqa: E402
+from planner.estimate.memory import gpu_memory, param_counts  # noqa: E402
 from planner.formulas.checkpoint import adapter_bytes  # noqa: E402
-from planner.measurement import CATEGORIES, RunResult, read_measurements  # noqa: E402
-from planner.memory import gpu_memory, param_counts  # noqa: E402
+from planner.schema.records import CATEGORIES, RunResult, read_measurements  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CATEGORY_TOLERANCE = 0.10

@@ -7,7 +7,7 @@ import pytest
 from planner.catalog import find_model
 from planner.formulas import checkpoint as ckpt
 from planner.formulas.dtypes import adapter_bytes_per_elem
-from planner.spec import TrainingSpec
+from planner.schema.spec import TrainingSpec
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from planner.cli import main
-from planner.configs import read_accelerate, read_deepspeed, read_peft
+from planner.configs.read import read_accelerate, read_deepspeed, read_peft
 from planner.errors import PlannerError
 
 ROOT = Path(__file__).resolve().parents[1]

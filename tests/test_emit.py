@@ -14,7 +14,7 @@ import pytest
 
 from planner.catalog import find_model
 from planner.cli import main
-from planner.emit import FILES, read_run_spec
+from planner.configs.emit import FILES, read_run_spec
 from planner.errors import PlannerError
 from planner.formulas.zero import persistence_threshold_elems, prefetch_bucket_elems, reduce_bucket_elems
 
@@ -33,7 +33,7 @@ def _resolved(plan: dict) -> dict:
     plan = dict(plan)
     plan.pop("settings_sources"), plan.pop("settings_ignored")
     spec = dict(plan["inputs"]["spec"])
-    from planner.spec import DeepSpeedConfig
+    from planner.schema.spec import DeepSpeedConfig
 
     ds = DeepSpeedConfig.model_validate(spec["deepspeed"])
     arch = find_model(plan["inputs"]["model"])

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from planner import fit
-from planner.calibrate import (
+from planner.calibration import fit
+from planner.calibration.calibrate import (
     ThroughputPoint,
     fit_calibration,
     fit_host,
@@ -18,12 +18,11 @@ from planner.calibrate import (
     residuals,
     with_values,
 )
-from planner.calibration import load_calibration
-from planner.catalog import find_gpu, find_model
+from planner.catalog import find_gpu, find_model, load_calibration
+from planner.estimate.memory import gpu_memory, param_counts
+from planner.estimate.timing import step_timing
 from planner.inputs import make_spec
-from planner.measurement import Measurement, RunResult, read_measurements
-from planner.memory import gpu_memory, param_counts
-from planner.timing import step_timing
+from planner.schema.records import Measurement, RunResult, read_measurements
 
 RUNS = Path(__file__).resolve().parents[1] / "data" / "measurements" / "run" / "cpu.jsonl"
 

@@ -10,8 +10,8 @@ from planner.catalog import data_dir, find_model
 from planner.cli import main
 from planner.errors import PlannerError
 from planner.formulas.flops import step_flops
-from planner.measurement import append_measurement, read_measurements
-from planner.spec import TrainingSpec
+from planner.schema.records import append_measurement, read_measurements
+from planner.schema.spec import TrainingSpec
 
 A7 = find_model("7b")
 T = 8 * 512
@@ -119,7 +119,7 @@ def test_a_bad_run_record_names_the_run_field(tmp_path):
     import json
 
     from planner.errors import PlannerError
-    from planner.measurement import read_measurements
+    from planner.schema.records import read_measurements
 
     rec = {"schema_version": 1, "kind": "run", "model": "llama-2-7b-tiny", "spec": {}, "tool": "t", "versions": {}, "command": "c",
            "date": "2026-11-28", "host": "h", "result": {"device": "cpu", "world_size": 0}}

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from planner.cli import main
 from planner.errors import PlannerError
-from planner.measurement import read_measurements
+from planner.schema.records import read_measurements
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = ROOT / "examples" / "seed"

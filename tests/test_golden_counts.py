@@ -15,7 +15,7 @@ import pytest
 from planner.catalog import architectures, find_model
 from planner.formulas import checkpoint as ckpt
 from planner.formulas import params as prm
-from planner.spec import LAYER_LINEARS, TrainingSpec
+from planner.schema.spec import LAYER_LINEARS, TrainingSpec
 
 # The seed's three LoRA setups (shared/reference/seed_setup.md), r=8, alpha 16, dropout 0.05.
 SETUPS = {

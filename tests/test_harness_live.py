@@ -16,7 +16,7 @@ from harness import golden  # noqa: E402
 from planner.catalog import find_model  # noqa: E402
 from planner.formulas import checkpoint as ckpt  # noqa: E402
 from planner.formulas import params as prm  # noqa: E402
-from planner.spec import LAYER_LINEARS, TrainingSpec  # noqa: E402
+from planner.schema.spec import LAYER_LINEARS, TrainingSpec  # noqa: E402
 
 pytestmark = pytest.mark.harness
 
@@ -52,7 +52,7 @@ _COUNT_SCRIPT = """
 import json, sys
 import transformers
 from harness import hook_overhead as ho
-from planner.spec import TrainingSpec
+from planner.schema.spec import TrainingSpec
 transformers.logging.set_verbosity_error()
 ho._init()
 out = []

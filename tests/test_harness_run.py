@@ -15,11 +15,13 @@ pytest.importorskip("deepspeed", reason="harness extra (deepspeed) not installed
 pytest.importorskip("peft", reason="harness extra (peft) not installed")
 
 from harness.cli import main  # noqa: E402
-from planner.calibration import load_calibration  # noqa: E402
-from planner.catalog import find_model  # noqa: E402
+from planner.catalog import (
+    find_model,  # noqa: E402
+    load_calibration,  # noqa: E402
+)
+from planner.estimate.memory import gpu_memory  # noqa: E402
 from planner.formulas import checkpoint as ckpt  # noqa: E402
-from planner.measurement import RunResult, read_measurements  # noqa: E402
-from planner.memory import gpu_memory  # noqa: E402
+from planner.schema.records import RunResult, read_measurements  # noqa: E402
 
 pytestmark = pytest.mark.harness
 TINY = find_model("7b-tiny")
@@ -98,7 +100,7 @@ def test_gpu_calibration_script_dry_run_on_the_cpu(tmp_path):
     assert {(r.spec.zero_stage, r.spec.offload) for r in records} == {(2, "none"), (3, "none"), (2, "optimizer")}
     assert "(0 run(s) failed" in proc.stderr
     # then the fit, written beside the records (a real run writes data/calibration/<gpu>.json)
-    from planner.calibration import load_calibration
+    from planner.catalog import load_calibration
 
     cal = load_calibration(str(tmp_path / "calibration.json"))
     assert cal.fitted and cal.device == "cpu" and cal.n_records == 9

@@ -28,7 +28,7 @@ def _texts(fig) -> str:
 
 
 def test_the_plan_picture_has_every_phase_category_and_the_capacity():
-    from planner.plots import plan_figure
+    from planner.render.plots import plan_figure
 
     text = _texts(plan_figure(plan("70b", method="lora", instance="p4de.24xlarge")))
     axes = ("memory per GPU (GiB)", "forward", "backward *", "optimizer step", "checkpoint save", "GPU memory usable (79 GiB)")
@@ -38,7 +38,7 @@ def test_the_plan_picture_has_every_phase_category_and_the_capacity():
 
 
 def test_the_compare_picture_has_per_gpu_and_per_node_against_capacity():
-    from planner.plots import compare_figure
+    from planner.render.plots import compare_figure
 
     plans = [plan("7b", method=m, instance="p4de.24xlarge", offload="none") for m in ("full", "lora")]
     fig = compare_figure(plans)
@@ -77,7 +77,7 @@ def test_plot_errors_are_one_line(tmp_path, capsys):
 
 
 def test_without_matplotlib_plot_says_how_to_get_it(monkeypatch):
-    from planner import plots
+    from planner.render import plots
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(PlannerError, match=r"pip install 'ft-planner\[plot\]'"):
@@ -85,8 +85,8 @@ def test_without_matplotlib_plot_says_how_to_get_it(monkeypatch):
 
 
 def test_the_calibration_picture(tmp_path):
-    from planner import plots
+    from planner.calibration.__main__ import main
 
     out = tmp_path / "c.png"
-    assert plots.main(["calibration", "--out", str(out)]) == 0
+    assert main(["plot", "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == PNG

@@ -5,12 +5,11 @@ from __future__ import annotations
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from planner.calibration import load_calibration
-from planner.catalog import architectures, find_gpu
+from planner.catalog import architectures, find_gpu, load_calibration
+from planner.estimate.memory import CATEGORIES, dtypes, gpu_memory, host_memory, param_counts
+from planner.estimate.plan import build_plan
 from planner.formulas import activations as act
-from planner.memory import CATEGORIES, dtypes, gpu_memory, host_memory, param_counts
-from planner.plan import build_plan
-from planner.spec import EMBEDDING_MODULES, LAYER_LINEARS, TrainingSpec
+from planner.schema.spec import EMBEDDING_MODULES, LAYER_LINEARS, TrainingSpec
 
 CAL = load_calibration()
 ARCHS = architectures()
@@ -194,7 +193,7 @@ def test_checkpointing_never_increases_activations(arch, spec):
 @given(arch=st.sampled_from(ARCHS), spec=specs(), gpu=st.sampled_from(["a100-80gb", "h100-80gb", "a10g", "rtx-4090", "t4"]))
 def test_secant_batch_search_equals_bisection(arch, spec, gpu):
     """max_micro_batch's secant steps give exactly what plain bisection over 1..MAX gives."""
-    from planner.plan import MAX_SEARCH_BATCH, _bisect, max_micro_batch
+    from planner.estimate.plan import MAX_SEARCH_BATCH, _bisect, max_micro_batch
 
     g = find_gpu(gpu)
 
@@ -210,9 +209,8 @@ def test_zero3_can_hold_more_than_zero1_when_it_keeps_what_it_reuses():
     """Measured (data/measurements/run/cpu.jsonl, 7b-tiny LoRA, checkpointing, 2 ranks): ZeRO-3
     peaked at 32.0 MiB, ZeRO-1 at 22.5 MiB, because DeepSpeed kept the whole small model
     gathered. The planner agrees in direction; with nothing reused it does not."""
-    from planner.calibration import load_calibration
-    from planner.catalog import find_model
-    from planner.memory import gpu_memory
+    from planner.catalog import find_model, load_calibration
+    from planner.estimate.memory import gpu_memory
 
     tiny, cal = find_model("7b-tiny"), load_calibration()
     one = TrainingSpec(method="lora", zero_stage=1, offload="none", gpus_per_node=2, micro_batch_size=4, seq_len=128)

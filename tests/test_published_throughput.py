@@ -34,9 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from planner.errors import PlannerError
-from planner.measurement import Measurement, PublishedResult, read_measurements
-from planner.published import (
+from planner.calibration.published import (
     compare_published,
     points_file,
     predicted_tokens_per_s_per_gpu,
@@ -46,6 +44,8 @@ from planner.published import (
     published_throughput,
     skipped_points,
 )
+from planner.errors import PlannerError
+from planner.schema.records import Measurement, PublishedResult, read_measurements
 
 POINTS = published_throughput()
 RECORDS = published_measurements()
@@ -102,7 +102,7 @@ def test_median_error_against_published_throughput():
 
 def test_the_committed_records_are_what_the_data_files_give():
     """data/measurements/published/points.jsonl cannot drift from data/published/: after editing
-    a point, run ``python -m planner.published --write``."""
+    a point, run ``python -m planner.calibration published --write``."""
     assert points_file().read_text() == published_jsonl()
 
 

@@ -21,8 +21,8 @@ pytest.importorskip("ray.train.torch", reason="ray[train] not installed")
 from harness.ray_run import launch_ray  # noqa: E402
 from harness.run import RunOptions, launch  # noqa: E402
 from planner.catalog import find_model  # noqa: E402
+from planner.estimate.memory import param_counts  # noqa: E402
 from planner.inputs import make_spec  # noqa: E402
-from planner.memory import param_counts  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.harness]
 TINY = find_model("7b-tiny")
@@ -97,8 +97,8 @@ def test_calibrate_runs_the_ci_grids_first_two_specs_on_ray(local_ray, tmp_path,
     Ray Train jobs, recorded, then fitted (issue 5's acceptance)."""
     from harness.cli import main
     from harness.grid import expand, key, load_grid, record_key
-    from planner.calibration import load_calibration
-    from planner.measurement import read_measurements
+    from planner.catalog import load_calibration
+    from planner.schema.records import read_measurements
 
     out, cal_path = tmp_path / "ray.jsonl", tmp_path / "cal.json"
     rc = main(["calibrate", "ci", "--ray-address", "local", "--limit", "2", "--out", str(out), "--calibration-out", str(cal_path)])

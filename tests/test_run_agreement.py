@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pytest
 
-from planner import agreement
+from planner.calibration import agreement
 from planner.catalog import data_dir
-from planner.measurement import RunResult, read_measurements
+from planner.schema.records import RunResult, read_measurements
 
 RECORDS = [m for m in read_measurements(data_dir() / "measurements" / "run") if m.kind == "run"]
 

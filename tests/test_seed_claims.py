@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from planner.catalog import find_gpu, find_instance, find_model
+from planner.estimate.plan import build_plan
 from planner.formulas import checkpoint as ckpt
 from planner.formulas import params as prm
-from planner.plan import build_plan
-from planner.spec import EMBEDDING_MODULES, LAYER_LINEARS, TrainingSpec
+from planner.schema.spec import EMBEDDING_MODULES, LAYER_LINEARS, TrainingSpec
 
 # The seed's "all layers" LoRA (r=8, alpha 16 on all linear layers plus embed_tokens and
 # lm_head, 32004 tokens), saved in bf16 by the peft of Sept 2023 (A/B plus the added rows).
@@ -106,7 +106,7 @@ A100 = find_gpu("a100-80gb")
 
 
 def _speed(method: str, micro_batch: int, cal=None, **update):
-    from planner.calibration import load_calibration
+    from planner.catalog import load_calibration
 
     spec = SEED_SPEED.model_copy(update={"method": method, "micro_batch_size": micro_batch, **update})
     return build_plan(find_model("7b"), spec, A100, P4DE, cal or load_calibration()).throughput
@@ -134,7 +134,7 @@ def test_the_boost_comes_from_amortising_zero3_host_time_over_a_larger_batch():
     elementwise branch and by ZeRO-3's hooks on its four extra modules per adapted projection;
     what the larger micro batch buys is the per-micro-step host time spread over 8x the tokens.
     Without that host time, LoRA at 64 would be barely faster than LoRA at 8."""
-    from planner.calibration import load_calibration
+    from planner.catalog import load_calibration
 
     cal = load_calibration()
     zeroed = {k: v.model_copy(update={"value": 0.0}) for k, v in cal.coefficients.items() if k.startswith("zero3_")}
@@ -160,7 +160,7 @@ def test_with_the_templates_cpu_offload_full_fine_tuning_is_cpu_adam_bound_and_t
 
 
 def _max_batch(method: str, **update) -> int:
-    from planner.calibration import load_calibration
+    from planner.catalog import load_calibration
 
     spec = SEED_SPEED.model_copy(update={"method": method, **update})
     return build_plan(find_model("7b"), spec, A100, P4DE, load_calibration()).max_micro_batch_size

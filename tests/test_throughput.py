@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from planner.calibration import load_calibration
-from planner.catalog import find_gpu, find_instance, find_model
+from planner.catalog import find_gpu, find_instance, find_model, load_calibration
+from planner.errors import PlannerError
+from planner.estimate.memory import param_counts
+from planner.estimate.plan import build_plan
+from planner.estimate.timing import SEED_DATASET_SAMPLES, step_timing
 from planner.formulas import throughput as tp
 from planner.formulas.flops import step_flops
-from planner.memory import param_counts
-from planner.plan import build_plan
-from planner.spec import LAYER_LINEARS, TrainingSpec
-from planner.timing import SEED_DATASET_SAMPLES, step_timing
+from planner.schema.spec import LAYER_LINEARS, TrainingSpec
 
 CAL = load_calibration()
 A7 = find_model("7b")
@@ -264,7 +264,7 @@ def test_zero3_host_time_is_fixed_per_micro_step_and_only_under_deepspeed_zero3(
 
 def test_plateau_efficiency_follows_each_gpus_matmul_ceiling():
     from planner.catalog import find_gpu
-    from planner.timing import plateau_efficiency
+    from planner.estimate.timing import plateau_efficiency
 
     assert plateau_efficiency(A100, CAL) == pytest.approx(0.69 * 0.869)  # 0.5996: the 0.6 llm-foundry's A100 runs reach
     assert plateau_efficiency(find_gpu("h100-80gb"), CAL) == pytest.approx(0.69 * 0.803)
@@ -274,11 +274,12 @@ def test_plateau_efficiency_follows_each_gpus_matmul_ceiling():
 
 
 def test_a_calibration_written_before_a_coefficient_existed_gets_its_cited_default(tmp_path, monkeypatch):
+    """Also: the data folder is read where ``PLANNER_DATA_DIR`` points now, and a changed file is
+    read again (no stale cache from an earlier call)."""
     import json
     import shutil
 
-    import planner.calibration as calibration
-    from planner.catalog import data_dir
+    from planner.catalog import data_dir, load_calibration
 
     (tmp_path / "calibration").mkdir()
     shutil.copy(data_dir() / "calibration" / "default.json", tmp_path / "calibration" / "default.json")
@@ -287,24 +288,21 @@ def test_a_calibration_written_before_a_coefficient_existed_gets_its_cited_defau
     for k in ("zero3_fetch_s_per_module", "zero3_hook_s_per_module", "matmul_efficiency_default"):
         del old["coefficients"][k]
     (tmp_path / "calibration" / "old.json").write_text(json.dumps(old))
-    monkeypatch.setattr(calibration, "data_dir", lambda: tmp_path)
-    calibration.load_calibration.cache_clear()
-    try:
-        cal = calibration.load_calibration("old")
-        assert cal.id == "old" and cal.value("zero3_hook_s_per_module") == CAL.value("zero3_hook_s_per_module")
-        broken = json.loads((data_dir() / "calibration" / "default.json").read_text())
-        del broken["coefficients"]["zero3_fetch_s_per_module"]
-        (tmp_path / "calibration" / "default.json").write_text(json.dumps(broken))  # a broken default still fails
-        calibration.load_calibration.cache_clear()
-        with pytest.raises(calibration.PlannerError, match="lacks zero3_fetch_s_per_module"):
-            calibration.load_calibration("default")
-    finally:
-        calibration.load_calibration.cache_clear()
+    monkeypatch.setenv("PLANNER_DATA_DIR", str(tmp_path))
+    cal = load_calibration("old")
+    assert cal.id == "old" and cal.value("zero3_hook_s_per_module") == CAL.value("zero3_hook_s_per_module")
+    broken = json.loads((data_dir() / "calibration" / "default.json").read_text())
+    del broken["coefficients"]["zero3_fetch_s_per_module"]
+    (tmp_path / "calibration" / "default.json").write_text(json.dumps(broken))  # a broken default still fails
+    with pytest.raises(PlannerError, match="lacks zero3_fetch_s_per_module"):
+        load_calibration("default")
+    monkeypatch.delenv("PLANNER_DATA_DIR")
+    assert load_calibration("default").value("zero3_fetch_s_per_module") == CAL.value("zero3_fetch_s_per_module")
 
 
 def test_zero3_keeps_what_it_reuses_soon_around_the_turn():
+    from planner.estimate.memory import gpu_memory
     from planner.formulas.zero import zero3_retained_params_bytes
-    from planner.memory import gpu_memory
 
     # 10^9 elements of reuse distance: with checkpointing a module x below the top is reused
     # after 3x elements of fetches, so 333,333,333 elements (bf16) stay gathered; 2x without

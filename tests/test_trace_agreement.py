@@ -15,11 +15,12 @@ import itertools
 
 import pytest
 
-from planner import agreement, memory
+from planner.calibration import agreement
 from planner.catalog import data_dir
+from planner.estimate import memory
 from planner.formulas import activations as act
 from planner.formulas import flops as fl
-from planner.measurement import read_measurements
+from planner.schema.records import read_measurements
 
 RECORDS = read_measurements(data_dir() / "measurements" / "trace")
 SINGLE = [m for m in RECORDS if m.sharding == "none"]

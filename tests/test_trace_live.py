@@ -15,8 +15,8 @@ pytest.importorskip("transformers", reason="harness extra (transformers) not ins
 pytest.importorskip("peft", reason="harness extra (peft) not installed")
 
 from harness.cli import main  # noqa: E402
-from planner import agreement  # noqa: E402
-from planner.measurement import read_measurements  # noqa: E402
+from planner.calibration import agreement  # noqa: E402
+from planner.schema.records import read_measurements  # noqa: E402
 
 pytestmark = pytest.mark.harness
 

@@ -19,8 +19,8 @@ from functools import lru_cache
 
 from planner.formulas.dtypes import Dtypes, adapter_bytes_per_elem
 from planner.formulas.params import layer_linears, vocab
-from planner.schemas import Architecture
-from planner.spec import LAYER_LINEARS, TrainingSpec
+from planner.schema.catalog import Architecture
+from planner.schema.spec import LAYER_LINEARS, TrainingSpec
 
 MASK_BYTES = 1  # torch.bool dropout mask kept by native_dropout's backward
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from planner.formulas import params as prm
 from planner.formulas.dtypes import PRECISIONS, adapter_bytes_per_elem, optimizer_state_bytes
-from planner.schemas import Architecture
-from planner.spec import TrainingSpec
+from planner.schema.catalog import Architecture
+from planner.schema.spec import TrainingSpec
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from planner.spec import Optimizer, TrainingSpec
+from planner.schema.spec import Optimizer, TrainingSpec
 
 
 @dataclass(frozen=True)

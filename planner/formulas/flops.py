@@ -29,8 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from planner.formulas.params import layer_linears, vocab
-from planner.schemas import Architecture
-from planner.spec import TrainingSpec
+from planner.schema.catalog import Architecture
+from planner.schema.spec import TrainingSpec
 
 
 @dataclass(frozen=True)

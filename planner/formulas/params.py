@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from planner.schemas import Architecture
-from planner.spec import LAYER_LINEARS
+from planner.schema.catalog import Architecture
+from planner.schema.spec import LAYER_LINEARS
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Step time from FLOPs, collectives, offload traffic and the optimizer step: small pure formulas.
 
 Each returns seconds (or bytes moved per GPU) for one micro-step or one optimizer step; the
-composition is ``planner.timing``. Coefficients (efficiencies, overlap, CPU Adam rate) are
+composition is ``planner.estimate.timing``. Coefficients (efficiencies, overlap, CPU Adam rate) are
 named in ``data/calibration/*.json`` and passed in.
 """
 

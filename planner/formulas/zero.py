@@ -11,8 +11,8 @@ parameters); deepspeed/runtime/zero/stage_1_and_2.py (``ipg_buffer``: two reduce
 from __future__ import annotations
 
 from planner.formulas.params import layer_linears, vocab
-from planner.schemas import Architecture
-from planner.spec import DeepSpeedConfig, TrainingSpec
+from planner.schema.catalog import Architecture
+from planner.schema.spec import DeepSpeedConfig, TrainingSpec
 
 
 def ceil_div(a: int, b: int) -> int:

@@ -1,4 +1,4 @@
-"""Pictures of plans (``--plot FILE.png``) and of the calibration (``python -m planner.plots``).
+"""Pictures of plans (``--plot FILE.png``) and of the calibration (``python -m planner.calibration plot``).
 
 matplotlib is optional (``pip install 'ft-planner[plot]'``) and imported only here, only when a
 picture is asked for. Sizes are drawn in GiB (2^30 bytes), labelled as such.
@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 from planner.errors import PlannerError
 
 if TYPE_CHECKING:
-    from planner.explore import Row
-    from planner.plan import Plan
+    from planner.schema.plan import Plan
+    from planner.search import Row
 
 GIB = 2**30
 #: categories in stacking order, with their colours (colour-blind safe, Okabe-Ito)
@@ -194,38 +194,3 @@ def calibration_figure(points: Sequence[tuple[float, float, str]], band_rel: flo
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     return fig
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m planner.plots calibration [RECORDS] [CALIBRATION] --out FILE.png``: the
-    planner against real runs (default: the committed CPU runs and their calibration)."""
-    import argparse
-
-    from planner.calibrate import PEAK_RESIDUAL
-    from planner.calibration import load_calibration
-    from planner.catalog import find_model
-    from planner.measurement import RunResult, read_measurements
-    from planner.memory import gpu_memory
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("what", choices=["calibration"])
-    parser.add_argument("records", nargs="?", default="data/measurements/run/cpu.jsonl")
-    parser.add_argument("calibration", nargs="?", default="cpu")
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
-    cal = load_calibration(args.calibration)
-    points = []
-    for m in read_measurements(Path(args.records)):
-        if isinstance(m.result, RunResult):
-            pred = gpu_memory(find_model(m.model), m.spec, cal)
-            group = f"{m.spec.method}, ZeRO-{m.spec.zero_stage}"
-            points.append((float(m.result.peak_bytes), float(pred.phases[m.result.peak_phase].total), group))
-    res = cal.residuals.get(PEAK_RESIDUAL) if cal.residuals else None
-    band = res.p90_rel if res is not None else None
-    fig = calibration_figure(points, band, f"planner ({cal.id}) vs {len(points)} real DeepSpeed runs on CPU, peak live tensors")
-    print(save(fig, args.out))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

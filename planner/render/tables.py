@@ -6,8 +6,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from planner.plan import MAX_SEARCH_BATCH, Plan
-from planner.schemas import Architecture, Gpu, Instance
+from planner.schema.catalog import Architecture, Gpu, Instance
+from planner.schema.plan import MAX_SEARCH_BATCH, Plan
 
 GIB = 2**30
 PHASES = ("forward", "backward", "optimizer_step", "checkpoint_save")
@@ -403,7 +403,7 @@ def render_instances(instances: tuple[Instance, ...], console: Console) -> None:
 def render_agreement(results: list[tuple[str, list]], console: Console, verbose: bool = False) -> None:
     """Planner vs measured records: one row per record (peak, the worst category, FLOPs).
 
-    ``results`` holds (label, rows) pairs from ``planner.agreement.compare``; with ``verbose``
+    ``results`` holds (label, rows) pairs from ``planner.calibration.agreement.compare``; with ``verbose``
     every compared quantity gets its own row.
     """
     from rich.table import Table

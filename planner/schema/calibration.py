@@ -1,4 +1,5 @@
-"""Named coefficients of the model, loaded from ``data/calibration/*.json``.
+"""Named coefficients of the model, as ``data/calibration/*.json`` holds them (loaded by
+``planner.catalog.load_calibration``).
 
 Each coefficient says where its value comes from and whether it was fitted to our own
 measurements (``calibrated``) or is a cited default. Plans report which is which.
@@ -6,13 +7,7 @@ measurements (``calibrated``) or is a cited default. Plans report which is which
 
 from __future__ import annotations
 
-from functools import cache
-from pathlib import Path
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
-from planner.catalog import data_dir, read_data_json, validation_message
-from planner.errors import PlannerError
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Coefficient(BaseModel):
@@ -134,51 +129,3 @@ REQUIRED = (
     "dropout_mask_full_width",
     *TIME_COEFFICIENTS,
 )
-
-
-def calibration_path(name: str) -> Path:
-    """A calibration by name (``data/calibration/<name>.json``) or by path (ends in ``.json``)."""
-    return Path(name) if name.endswith(".json") or "/" in name else data_dir() / "calibration" / f"{name}.json"
-
-
-@cache
-def load_calibration(name: str = "default") -> Calibration:
-    """A calibration by name or path; ``auto`` (no GPU known) is ``default``."""
-    if name == "auto":
-        name = "default"
-    path = calibration_path(name)
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in (data_dir() / "calibration").glob("*.json")))
-        raise PlannerError(f"no calibration {name!r} ({path}); known: {known}, or a path to a .json file")
-    raw = read_data_json(path)
-    if not isinstance(raw, dict):
-        raise PlannerError(f"{path}: expected a calibration object, got {type(raw).__name__}")
-    version = raw.get("schema_version", 1)
-    if version != CALIBRATION_SCHEMA_VERSION:
-        raise PlannerError(
-            f"{path}: calibration schema_version {version!r}; this planner reads {CALIBRATION_SCHEMA_VERSION} "
-            "(refit it with `harness calibrate`, or use a planner of that version)"
-        )
-    try:
-        cal = Calibration.model_validate(raw)
-    except ValidationError as exc:
-        raise PlannerError(validation_message(path, exc)) from None
-    missing = [k for k in REQUIRED if k not in cal.coefficients]
-    if missing and name != "default":
-        # a calibration written before a coefficient existed: that coefficient's cited default
-        base = load_calibration("default")
-        cal = cal.model_copy(update={"coefficients": {**cal.coefficients, **{k: base.coefficients[k] for k in missing}}})
-        missing = [k for k in REQUIRED if k not in cal.coefficients]
-    if missing:
-        raise PlannerError(f"calibration {name!r} lacks {', '.join(missing)}")
-    return cal
-
-
-@cache
-def calibration_for(name: str, gpu: str) -> Calibration:
-    """``--calibration``'s value resolved for one GPU: ``auto`` takes the calibration fitted on
-    that GPU (``data/calibration/<gpu>.json``) when there is one, else ``default``."""
-    if name == "auto":
-        fitted = data_dir() / "calibration" / f"{gpu}.json"
-        return load_calibration(gpu if fitted.exists() else "default")
-    return load_calibration(name)

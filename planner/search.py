@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from planner import catalog
-from planner.calibration import calibration_for
+from planner.catalog import calibration_for
 from planner.errors import PlannerError
+from planner.estimate.plan import build_plan, max_micro_batch
 from planner.inputs import make_spec
-from planner.plan import Plan, build_plan, max_micro_batch
-from planner.schemas import Gpu, Instance
+from planner.schema.catalog import Gpu, Instance
+from planner.schema.plan import Plan
 
 METHODS = ("full", "lora", "qlora")
 
@@ -141,7 +142,7 @@ def run_sweep(
     nodes = int(job.fields["nodes"])
     rows = [r for m in names for meth in wanted for g, inst, n in hardware for r in plan_rows(job, m, meth, g, inst, n, nodes)]
     if plot is not None:
-        from planner.plots import save, sweep_figure
+        from planner.render.plots import save, sweep_figure
 
         save(sweep_figure(rows), plot)
     _emit(_rank(rows), as_json, console, "sweep")
@@ -177,6 +178,6 @@ def _emit(rows: list[Row], as_json: bool, console: Callable[[], Any], kind: str)
             out = {"cheapest": rows[0].as_dict(), "candidates": out}
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
         return
-    from planner.render import render_rows
+    from planner.render.tables import render_rows
 
     render_rows(rows, console(), kind)

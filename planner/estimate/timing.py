@@ -26,15 +26,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.calibration import Calibration
+from planner.estimate.memory import ParamCounts, dtypes, per_setup
 from planner.formulas import params as prm
 from planner.formulas import throughput as tp
 from planner.formulas.dtypes import adapter_bytes_per_elem
 from planner.formulas.flops import step_flops
 from planner.formulas.zero import zero3_module_calls
-from planner.memory import ParamCounts, dtypes, per_setup
-from planner.schemas import Architecture, Gpu, Instance
-from planner.spec import TrainingSpec
+from planner.schema.calibration import Calibration
+from planner.schema.catalog import Architecture, Gpu, Instance
+from planner.schema.spec import TrainingSpec
 
 #: GSM8K's train split (Cobbe et al. 2021): 7,473 problems, the seed's dataset, padded to 512.
 SEED_DATASET_SAMPLES = 7473

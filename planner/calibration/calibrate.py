@@ -1,7 +1,7 @@
 """Fit the planner's coefficients to measured runs and published points; measure what is left.
 
 ``fit_calibration`` takes ``harness run`` records (and, for throughput, published points),
-fits the coefficients the records can tell apart (``planner.fit`` says which, from what) and
+fits the coefficients the records can tell apart (``planner.calibration.fit`` says which, from what) and
 returns a ``Calibration`` with provenance and residuals: per quantity, the planner's relative
 errors with the fitted coefficients (n, median, 90th percentile, worst). ``residuals`` does
 the second half alone, for any calibration. Pure Python: no torch, so the planner can refit
@@ -25,13 +25,13 @@ import datetime as dt
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from planner import fit
-from planner.calibration import PEAK_RESIDUAL, THROUGHPUT_RESIDUAL, Calibration, Coefficient, Provenance, Residual
-from planner.catalog import find_gpu, find_model
+from planner.calibration import fit
+from planner.calibration.agreement import gpu_of_device, on_gpu
+from planner.catalog import find_model
 from planner.errors import PlannerError
-from planner.measurement import CATEGORIES, Measurement, RunResult
-from planner.memory import gpu_memory
-from planner.schemas import Gpu
+from planner.estimate.memory import gpu_memory
+from planner.schema.calibration import PEAK_RESIDUAL, THROUGHPUT_RESIDUAL, Calibration, Coefficient, Provenance, Residual
+from planner.schema.records import CATEGORIES, Measurement, RunResult
 
 #: A category smaller than this fraction of its phase's measured peak is not held to a
 #: relative error (a few KiB of scratch next to megabytes of weights).
@@ -50,12 +50,6 @@ class ThroughputPoint:
 
 def _runs(records: Iterable[Measurement]) -> list[tuple[Measurement, RunResult]]:
     return [(m, m.result) for m in records if isinstance(m.result, RunResult)]
-
-
-def on_gpu(r: RunResult) -> bool:
-    """A run measured on a CUDA device: it has the CUDA counters (the device name alone can be
-    "Tesla T4" as well as "NVIDIA H200")."""
-    return any(ph.cuda_max_allocated_bytes is not None for ph in r.phases.values())
 
 
 def with_values(cal: Calibration, values: dict[str, float], source: str = "", calibrated: bool = True) -> Calibration:
@@ -208,22 +202,9 @@ def memory_errors(records: Sequence[Measurement], cal: Calibration) -> dict[str,
 # -- throughput ---------------------------------------------------------------------------------
 
 
-def gpu_of_device(device: str) -> Gpu | None:
-    """The catalog GPU a CUDA device name (``torch.cuda.get_device_name()``) stands for."""
-    name = device.lower().removeprefix("nvidia").strip()
-    for guess in (name, name.replace(" ", "-"), name.split()[0] if name else ""):
-        if not guess:
-            continue
-        try:
-            return find_gpu(guess)
-        except PlannerError:
-            continue
-    return None
-
-
 def run_throughput_points(records: Sequence[Measurement]) -> list[ThroughputPoint]:
     """GPU runs as throughput points (CPU tokens/s on a shared machine says nothing: skipped)."""
-    from planner.published import planner_tokens_per_s_per_gpu
+    from planner.calibration.published import planner_tokens_per_s_per_gpu
 
     pts = []
     for m, r in _runs(records):
@@ -242,8 +223,8 @@ def run_throughput_points(records: Sequence[Measurement]) -> list[ThroughputPoin
 
 def published_throughput_points() -> list[ThroughputPoint]:
     """The published records that give tokens/s per GPU (``data/measurements/published/``)."""
-    from planner.measurement import PublishedResult
-    from planner.published import compare_published, published_measurements
+    from planner.calibration.published import compare_published, published_measurements
+    from planner.schema.records import PublishedResult
 
     def predict(cal: Calibration, m: Measurement) -> float:
         return next(c.predicted for c in compare_published(m, cal) if c.what == "tokens_per_s_per_gpu")
@@ -262,8 +243,8 @@ def published_throughput_points() -> list[ThroughputPoint]:
 
 def published_memory_errors(cal: Calibration) -> list[float]:
     """Peak memory per GPU of the published records that give it (planner vs publication)."""
-    from planner.measurement import PublishedResult
-    from planner.published import compare_published, published_measurements
+    from planner.calibration.published import compare_published, published_measurements
+    from planner.schema.records import PublishedResult
 
     return [
         c.error_rel
@@ -408,8 +389,8 @@ def fit_calibration(
 def trace_peak_errors(records: Sequence[Measurement], cal: Calibration) -> list[float]:
     """Peak memory errors on ``harness trace`` records (full-size models, one GPU's live tensors
     without DeepSpeed): the evidence behind the cited defaults' memory band."""
-    from planner.agreement import compare
-    from planner.measurement import TraceResult
+    from planner.calibration.agreement import compare
+    from planner.schema.records import TraceResult
 
     out = []
     for m in records:
@@ -432,8 +413,8 @@ def default_residuals(
     structure carries over). Tokens/s: the published points."""
     from pathlib import Path
 
-    from planner.calibration import load_calibration
-    from planner.measurement import read_measurements
+    from planner.catalog import load_calibration
+    from planner.schema.records import read_measurements
 
     traces = trace_peak_errors(read_measurements(Path(trace_dir)), cal)
     runs = memory_errors(read_measurements(Path(run_file)), load_calibration(run_calibration))[PEAK_RESIDUAL]
@@ -452,13 +433,13 @@ def default_residuals(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m planner.calibrate --residuals default``: recompute a calibration file's residuals."""
+    """``python -m planner.calibration residuals default``: recompute a calibration file's residuals."""
     import argparse
     import json
 
-    from planner.calibration import calibration_path
+    from planner.catalog import calibration_path
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m planner.calibration residuals", description=main.__doc__)
     parser.add_argument("--residuals", required=True, help="calibration name or path whose residuals to recompute (default)")
     args = parser.parse_args(argv)
     path = calibration_path(args.residuals)

@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict
 from planner.catalog import read_text
 from planner.errors import PlannerError
 from planner.formulas.zero import persistence_threshold_elems, prefetch_bucket_elems, reduce_bucket_elems
-from planner.schemas import Architecture
-from planner.spec import LAYER_LINEARS, TrainingSpec
+from planner.schema.catalog import Architecture
+from planner.schema.spec import LAYER_LINEARS, TrainingSpec
 
 #: What ``emit`` writes, in order.
 FILES = ("ds_config.json", "adapter_config.json", "accelerate_config.yaml", "launch.sh", "run_spec.json")

@@ -24,7 +24,7 @@ from typing import Any
 
 from planner.catalog import read_text
 from planner.errors import PlannerError
-from planner.spec import EMBEDDING_MODULES, LAYER_LINEARS, parse_targets
+from planner.schema.spec import EMBEDDING_MODULES, LAYER_LINEARS, parse_targets
 
 #: DeepSpeed's buffer sizes the planner reads (``zero_optimization.<key>``, elements), with
 #: whether "auto" is allowed (Hugging Face resolves it) and the smallest value.

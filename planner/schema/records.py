@@ -7,7 +7,7 @@ keeps its error instead of numbers (nothing is dropped). ``schema_version`` is c
 Three kinds, one result type each: ``trace`` (``TraceResult``, ``harness trace``), ``run``
 (``RunResult``, ``harness run``) and ``published`` (``PublishedResult``: a figure someone else
 measured and published, mapped to a spec by hand and citing its source; written by
-``python -m planner.published --write``).
+``python -m planner.calibration published --write``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from planner.errors import PlannerError
-from planner.spec import TrainingSpec
+from planner.schema.spec import TrainingSpec
 
 SCHEMA_VERSION = 1
 CATEGORIES = ("parameters", "gradients", "optimizer_states", "activations", "temporaries")

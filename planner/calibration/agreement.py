@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.calibration import Calibration, load_calibration
-from planner.catalog import find_model
+from planner.catalog import find_gpu, find_model, load_calibration
+from planner.errors import PlannerError
+from planner.estimate.memory import gpu_memory
 from planner.formulas.flops import step_flops
-from planner.measurement import CATEGORIES, Measurement, TraceResult
-from planner.memory import gpu_memory
+from planner.schema.calibration import Calibration
+from planner.schema.catalog import Gpu
+from planner.schema.records import CATEGORIES, Measurement, RunResult, TraceResult
 
 CATEGORY_TOLERANCE = 0.03
 PEAK_TOLERANCE = 0.02
@@ -105,13 +107,30 @@ ZERO3_STEP_GATHERED_TOLERANCE = 0.15
 STEP_COUNTERS_BYTES = 4096
 
 
+def on_gpu(r: RunResult) -> bool:
+    """A run measured on a CUDA device: it has the CUDA counters (the device name alone can be
+    "Tesla T4" as well as "NVIDIA H200")."""
+    return any(ph.cuda_max_allocated_bytes is not None for ph in r.phases.values())
+
+
+def gpu_of_device(device: str) -> Gpu | None:
+    """The catalog GPU a CUDA device name (``torch.cuda.get_device_name()``) stands for."""
+    name = device.lower().removeprefix("nvidia").strip()
+    for guess in (name, name.replace(" ", "-"), name.split()[0] if name else ""):
+        if not guess:
+            continue
+        try:
+            return find_gpu(guess)
+        except PlannerError:
+            continue
+    return None
+
+
 def device_calibration(m: Measurement) -> Calibration:
     """The calibration fitted to the device a run record was measured on (``auto`` for GPUs,
     ``cpu`` for CPU runs), else the defaults."""
-    from planner.calibrate import gpu_of_device, on_gpu
-    from planner.calibration import calibration_for
-    from planner.catalog import data_dir
-    from planner.measurement import RunResult
+    from planner.catalog import calibration_for, data_dir
+    from planner.schema.records import RunResult
 
     r = m.result
     gpu = gpu_of_device(r.device) if isinstance(r, RunResult) and on_gpu(r) else None
@@ -123,7 +142,7 @@ def device_calibration(m: Measurement) -> Calibration:
 def compare_run(m: Measurement, cal: Calibration | None = None) -> list[Row]:
     """Planner vs a ``harness run`` record (rank 0): per phase the parameters, optimizer states
     and live peak."""
-    from planner.measurement import RunResult
+    from planner.schema.records import RunResult
 
     if not isinstance(m.result, RunResult):
         raise ValueError(f"{label(m)}: not a run record with a result")

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from planner.calibration import Calibration
 from planner.formulas import activations as act
 from planner.formulas import params as prm
 from planner.formulas.dtypes import (
@@ -36,8 +35,9 @@ from planner.formulas.zero import (
     zero3_live_params_bytes,
     zero3_retained_params_bytes,
 )
-from planner.schemas import Architecture
-from planner.spec import LAYER_LINEARS, TrainingSpec
+from planner.schema.calibration import Calibration
+from planner.schema.catalog import Architecture
+from planner.schema.spec import LAYER_LINEARS, TrainingSpec
 
 T = TypeVar("T")
 CATEGORIES = ("parameters", "gradients", "optimizer_states", "activations", "temporaries")

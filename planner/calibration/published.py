@@ -12,7 +12,7 @@ Two data files, each point mapped by hand from its source to the ``plan`` option
 Each file's ``skipped`` list names the other rows of ``shared/reference/published_measurements.jsonl``
 and why they are not points (not Llama-family, or not specified well enough to hold the planner
 to). ``published_measurements()`` turns every point into a ``Measurement`` of kind ``published``
-(model, ``TrainingSpec``, GPU, figures, citation); ``python -m planner.published --write`` writes
+(model, ``TrainingSpec``, GPU, figures, citation); ``python -m planner.calibration published --write`` writes
 them to ``data/measurements/published/points.jsonl`` and a test checks that file against this
 module. ``compare_published`` evaluates the planner on one record.
 """
@@ -28,14 +28,14 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from planner.calibration import Calibration, load_calibration
-from planner.catalog import data_dir, find_gpu, find_instance, find_model
+from planner.catalog import data_dir, find_gpu, find_instance, find_model, load_calibration
+from planner.estimate.memory import GpuMemory, gpu_memory, param_counts
+from planner.estimate.timing import step_timing
 from planner.inputs import make_spec
-from planner.measurement import Measurement, MemoryCounter, PublishedResult
-from planner.memory import GpuMemory, gpu_memory, param_counts
-from planner.schemas import Architecture, Gpu, Instance
-from planner.spec import TrainingSpec, parse_targets
-from planner.timing import step_timing
+from planner.schema.calibration import Calibration
+from planner.schema.catalog import Architecture, Gpu, Instance
+from planner.schema.records import Measurement, MemoryCounter, PublishedResult
+from planner.schema.spec import TrainingSpec, parse_targets
 
 Confidence = Literal["high", "medium", "low"]
 #: Bytes per published memory unit: vendor and tool "GB" is 10**9, GiB 2**30.
@@ -286,7 +286,7 @@ def compare_published(m: Measurement, cal: Calibration | None = None) -> list[Co
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m planner.published", description=__doc__.split("\n")[0] if __doc__ else None)
+    ap = argparse.ArgumentParser(prog="python -m planner.calibration published", description=__doc__.split("\n")[0] if __doc__ else None)
     act = ap.add_mutually_exclusive_group()
     act.add_argument("--write", action="store_true", help="write data/measurements/published/points.jsonl")
     act.add_argument("--check", action="store_true", help="exit 1 if points.jsonl is not what the data files give")
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         path = points_file()
         if not path.is_file() or path.read_text() != published_jsonl():
-            print(f"{path} is out of date: run python -m planner.published --write", file=sys.stderr)
+            print(f"{path} is out of date: run python -m planner.calibration published --write", file=sys.stderr)
             return 1
         return 0
     sys.stdout.write(published_jsonl())
