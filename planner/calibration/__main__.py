@@ -18,18 +18,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help") or args[0] not in COMMANDS:
         print(__doc__, file=sys.stderr if args and args[0] not in ("-h", "--help") else sys.stdout)
         return 0 if args and args[0] in ("-h", "--help") else 2
-    command, rest = args[0], args[1:]
-    if command == "residuals":
-        from planner.calibration.calibrate import main as run
+    import importlib
 
-        rest = ["--residuals", *rest] if rest and not rest[0].startswith("-") else rest
-    elif command == "published":
-        from planner.calibration.published import main as run
-    elif command == "plot":
-        from planner.calibration.plots import main as run
-    else:
-        from planner.calibration.report import main as run
-    return run(rest)
+    command, rest = args[0], args[1:]
+    if command == "residuals" and rest and not rest[0].startswith("-"):
+        rest = ["--residuals", *rest]
+    module = {"residuals": "calibrate", "published": "published", "plot": "plots", "report": "report"}[command]
+    run = importlib.import_module(f"planner.calibration.{module}").main
+    return int(run(rest))
 
 
 if __name__ == "__main__":
