@@ -86,7 +86,7 @@ def zero3_module_calls(arch: Architecture, spec: TrainingSpec) -> tuple[int, int
     with the micro batch.
 
     Counted as transformers' Llama and peft's LoRA call them (checked against DeepSpeed's own
-    hook calls in tests/test_harness_live.py). Per decoder layer: the layer, attention, MLP,
+    hook calls in tests/harness/test_harness_live.py). Per decoder layer: the layer, attention, MLP,
     activation and two RMSNorms (hooks only) and seven projections (fetching); per
     LoRA-adapted projection peft adds the wrapper and its dropout (hooks only) and
     ``base_layer``, ``lora_A`` and ``lora_B`` (fetching when above the threshold). Outside the

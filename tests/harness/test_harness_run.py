@@ -88,7 +88,7 @@ def test_gpu_calibration_script_dry_run_on_the_cpu(tmp_path):
     import subprocess
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     out = tmp_path / "dry.jsonl"
     env = dict(os.environ, DRY_RUN="1", OUT=str(out))
     proc = subprocess.run(["bash", str(root / "harness" / "gpu_calibration.sh")], env=env, capture_output=True, text=True, timeout=900)

@@ -29,7 +29,7 @@ from planner.estimate.memory import gpu_memory, param_counts  # noqa: E402
 from planner.formulas.checkpoint import adapter_bytes  # noqa: E402
 from planner.schema.records import CATEGORIES, RunResult, read_measurements  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CATEGORY_TOLERANCE = 0.10
 CATEGORY_FLOOR = 0.05
 

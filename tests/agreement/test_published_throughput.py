@@ -49,7 +49,7 @@ from planner.schema.records import Measurement, PublishedResult, read_measuremen
 
 POINTS = published_throughput()
 RECORDS = published_measurements()
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "published_measurements.jsonl"
+REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "published_measurements.jsonl"
 
 MEDIAN_ABS_ERROR_MAX = 0.11
 #: Worst |error| over the throughput records without a known gap (today 25.7 %).
@@ -59,7 +59,7 @@ WORST_ABS_ERROR_MAX = 4.3
 #: Peak memory per GPU: the published figure is rounded to 0.1 GiB and ``active`` differs from
 #: allocated bytes only by blocks awaiting reuse on another stream (none in a one-stream step),
 #: so what remains is the run's framework: torchtune's own modules, not the transformers ones
-#: whose saved tensors the planner matches within 2 % (tests/test_trace_agreement.py). 5 % is
+#: whose saved tensors the planner matches within 2 % (tests/agreement/test_trace_agreement.py). 5 % is
 #: 3 GiB at 60 GiB: less than one fp32 copy of the logits (2 x 4096 tokens x 128256 x 4 bytes =
 #: 4.2 GB), so a missing or doubled logits-sized tensor fails it.
 MEMORY_TOLERANCE = 0.05

@@ -12,7 +12,7 @@ import planner
 from planner import Plan, PlannerError, plan
 from planner.cli import main
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.mark.parametrize(

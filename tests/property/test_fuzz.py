@@ -25,7 +25,7 @@ from planner.cli import main
 from planner.errors import PlannerError
 from planner.schema.records import read_measurements
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT / "examples" / "seed"
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 

@@ -1,6 +1,6 @@
 """Speed of the hot paths, measured with pytest-benchmark (not timed assertions).
 
-Run ``pytest tests/test_benchmark.py --benchmark-enable`` to see the numbers; in the normal
+Run ``pytest tests/benchmark/test_benchmark.py --benchmark-enable`` to see the numbers; in the normal
 suite (``--benchmark-disable``) each body runs once as a smoke test.
 """
 

@@ -103,7 +103,7 @@ def test_json_has_the_documented_keys(capsys, method):
 
 
 def test_readme_documents_every_contract_key():
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     for dotted in CONTRACT:
         leaf = dotted.split(".")[-1]
         assert leaf in readme, dotted
@@ -116,7 +116,7 @@ def test_gpu_and_count_instead_of_instance(capsys):
 
 
 def test_config_json_path_is_accepted(capsys, tmp_path):
-    cfg = json.loads((Path(__file__).parents[1] / "data" / "architectures" / "mistral-7b-v0.1.json").read_text())
+    cfg = json.loads((Path(__file__).parents[2] / "data" / "architectures" / "mistral-7b-v0.1.json").read_text())
     cfg.pop("_catalog")
     path = tmp_path / "config.json"
     path.write_text(json.dumps(cfg))

@@ -120,7 +120,7 @@ def test_gpu_memory_never_increases_with_a_higher_zero_stage(arch, spec, stage, 
     by default DeepSpeed keeps gathered what the step reuses soon, which on a small model is all
     of it, so ZeRO-3 can hold more than stage 1 or 2 (measured, see the next test). Also with
     ``memory_efficient_linear`` off: on, ZeRO-3's linear keeps the inputs of frozen projections
-    (LoRA), which no lower stage does (measured, tests/test_run_agreement.py)."""
+    (LoRA), which no lower stage does (measured, tests/agreement/test_run_agreement.py)."""
     assume(stage > spec.zero_stage and not (spec.offload == "all" and stage != 3))
     assume(spec.world_size >= 2)
     assume(stage < 3 or spec.world_size >= 4)

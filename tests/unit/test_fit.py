@@ -24,7 +24,7 @@ from planner.estimate.timing import step_timing
 from planner.inputs import make_spec
 from planner.schema.records import Measurement, RunResult, read_measurements
 
-RUNS = Path(__file__).resolve().parents[1] / "data" / "measurements" / "run" / "cpu.jsonl"
+RUNS = Path(__file__).resolve().parents[2] / "data" / "measurements" / "run" / "cpu.jsonl"
 
 
 def test_estimators_on_hand_worked_numbers() -> None:

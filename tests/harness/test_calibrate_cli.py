@@ -14,7 +14,7 @@ from planner.catalog import load_calibration
 from planner.errors import PlannerError
 from planner.schema.records import Measurement, RunResult, append_measurement, read_measurements
 
-RUNS = Path(__file__).resolve().parents[1] / "data" / "measurements" / "run" / "cpu.jsonl"
+RUNS = Path(__file__).resolve().parents[2] / "data" / "measurements" / "run" / "cpu.jsonl"
 
 
 def test_a_records_file_is_fitted_as_it_is(tmp_path, capsys):

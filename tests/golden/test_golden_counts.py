@@ -30,7 +30,7 @@ SAVE_MODES = {
     "adapter_state_dict_auto_hub_loaded_base": "auto",  # hub-loaded base, vocabulary resized
 }
 LLAMA2 = ("llama-2-7b", "llama-2-13b", "llama-2-70b")
-GOLDEN_DATA = json.loads((Path(__file__).parent / "golden" / "reference_counts.json").read_text())
+GOLDEN_DATA = json.loads((Path(__file__).parents[1] / "golden" / "reference_counts.json").read_text())
 
 
 @pytest.mark.parametrize("name", [a.name for a in architectures()])

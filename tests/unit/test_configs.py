@@ -13,7 +13,7 @@ from planner.cli import main
 from planner.configs.read import read_accelerate, read_deepspeed, read_peft
 from planner.errors import PlannerError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SEED = ROOT / "examples" / "seed"
 SAVE = ["--modules-to-save", "embed_tokens,lm_head"]
 

@@ -18,7 +18,7 @@ from planner.configs.emit import FILES, read_run_spec
 from planner.errors import PlannerError
 from planner.formulas.zero import persistence_threshold_elems, prefetch_bucket_elems, reduce_bucket_elems
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BUCKET = ["--reduce-bucket-size", "500000000"]
 
 
