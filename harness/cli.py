@@ -20,7 +20,7 @@ import typer
 from planner import catalog
 from planner.cli import given_on_command_line, run_cli
 from planner.errors import PlannerError
-from planner.inputs import make_spec
+from planner.estimate.resolve import make_spec
 from planner.schema.catalog import Architecture
 from planner.schema.spec import TrainingSpec, parse_targets
 

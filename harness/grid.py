@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from planner.catalog import data_dir, find_model
 from planner.errors import PlannerError
-from planner.inputs import make_spec
+from planner.estimate.resolve import make_spec
 from planner.schema.records import Measurement, append_measurement, read_measurements
 from planner.schema.spec import TrainingSpec, parse_targets
 

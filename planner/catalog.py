@@ -24,10 +24,17 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 
 def data_dir() -> Path:
-    """``$PLANNER_DATA_DIR``, else the wheel's bundled copy, else the checkout's ``data/``."""
+    """``$PLANNER_DATA_DIR`` (read at every call), else the wheel's bundled copy, else the
+    checkout's ``data/``. Every cached record below is cached per data folder, so a call made
+    with another ``PLANNER_DATA_DIR`` reads that folder."""
     env = os.environ.get("PLANNER_DATA_DIR")
     if env:
         return Path(env)
+    return _bundled_data_dir()
+
+
+@cache
+def _bundled_data_dir() -> Path:
     here = Path(__file__).resolve().parent
     for candidate in (here / "_data", here.parent / "data"):
         if candidate.is_dir():
@@ -142,23 +149,36 @@ def _architecture_file(p: Path) -> Architecture:
         raise PlannerError(f"{p}: {str(exc).removeprefix(p.stem + ': ')}") from None
 
 
-@cache
 def architectures() -> tuple[Architecture, ...]:
-    folder = data_dir() / "architectures"
+    return _architectures_in(data_dir())
+
+
+@cache
+def _architectures_in(folder: Path) -> tuple[Architecture, ...]:
+    folder = folder / "architectures"
     return tuple(_architecture_file(p) for p in sorted(folder.glob("*.json")))
 
 
-@cache
 def tiny_architectures() -> tuple[Architecture, ...]:
+    return _tiny_architectures_in(data_dir())
+
+
+@cache
+def _tiny_architectures_in(folder: Path) -> tuple[Architecture, ...]:
     """Small Llama shapes for harness runs on a CPU (``data/architectures/tiny/``): found by name
     like any model, but not in the catalog's listings or ``all``."""
-    folder = data_dir() / "architectures" / "tiny"
+    folder = folder / "architectures" / "tiny"
     return tuple(_architecture_file(p) for p in sorted(folder.glob("*.json")))
 
 
-@cache
 def _arch_index() -> dict[str, Architecture]:
-    return _index([*architectures(), *tiny_architectures()], lambda a: [a.name, *([a.hf_id] if a.hf_id else []), *a.aliases])
+    return _arch_index_in(data_dir())
+
+
+@cache
+def _arch_index_in(folder: Path) -> dict[str, Architecture]:
+    every = [*_architectures_in(folder), *_tiny_architectures_in(folder)]
+    return _index(every, lambda a: [a.name, *([a.hf_id] if a.hf_id else []), *a.aliases])
 
 
 def load_config_file(path: Path) -> Architecture:
@@ -204,29 +224,45 @@ def find_model(name: str) -> Architecture:
 # --- hardware ----------------------------------------------------------------------------------
 
 
-@cache
 def gpus() -> tuple[Gpu, ...]:
-    return _records(data_dir() / "gpus.json", Gpu)
+    return _gpus_in(data_dir())
 
 
 @cache
+def _gpus_in(folder: Path) -> tuple[Gpu, ...]:
+    return _records(folder / "gpus.json", Gpu)
+
+
 def instances() -> tuple[Instance, ...]:
-    recs = _records(data_dir() / "instances.json", Instance)
-    known = {g.id for g in gpus()}
+    return _instances_in(data_dir())
+
+
+@cache
+def _instances_in(folder: Path) -> tuple[Instance, ...]:
+    recs = _records(folder / "instances.json", Instance)
+    known = {g.id for g in _gpus_in(folder)}
     for r in recs:
         if r.gpu not in known:
             raise ValueError(f"instance {r.id} names unknown GPU {r.gpu!r}")
     return recs
 
 
-@cache
 def _gpu_index() -> dict[str, Gpu]:
-    return _index(list(gpus()), lambda g: [g.id, *g.aliases])
+    return _gpu_index_in(data_dir())
 
 
 @cache
+def _gpu_index_in(folder: Path) -> dict[str, Gpu]:
+    return _index(list(_gpus_in(folder)), lambda g: [g.id, *g.aliases])
+
+
 def _instance_index() -> dict[str, Instance]:
-    return _index(list(instances()), lambda i: [i.id, *i.aliases])
+    return _instance_index_in(data_dir())
+
+
+@cache
+def _instance_index_in(folder: Path) -> dict[str, Instance]:
+    return _index(list(_instances_in(folder)), lambda i: [i.id, *i.aliases])
 
 
 def find_gpu(name: str) -> Gpu:

@@ -1,10 +1,10 @@
-"""``plan sweep`` and ``plan cheapest``: many plans at once, ranked by dollars per epoch."""
+"""Many plans at once: ``compare`` (methods x hardware at the given micro batch and at its
+largest), ``sweep`` (models x methods x hardware x micro batches) and ``cheapest`` (every priced
+instance at 1..N nodes), as rows ranked by dollars per epoch. Nothing here prints; the
+command line renders the rows (``planner/render``)."""
 
 from __future__ import annotations
 
-import json
-import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +12,7 @@ from planner import catalog
 from planner.catalog import calibration_for
 from planner.errors import PlannerError
 from planner.estimate.plan import build_plan, max_micro_batch
-from planner.inputs import make_spec
+from planner.estimate.resolve import make_spec
 from planner.schema.catalog import Gpu, Instance
 from planner.schema.plan import Plan
 
@@ -115,17 +115,62 @@ def _rank(rows: list[Row]) -> list[Row]:
     return sorted(rows, key=lambda r: (r.usd_per_epoch is None, r.usd_per_epoch or 0.0, r.plan is None))
 
 
-def run_sweep(
+@dataclass(frozen=True)
+class CompareRow:
+    """One (hardware, method) of ``plan compare``: the plan at the given micro batch and at the
+    largest that fits (None when not even 1 fits)."""
+
+    plan: Plan
+    plan_at_max_batch: Plan | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """What ``plan compare --json`` prints for this row."""
+        at_max = self.plan_at_max_batch
+        return {"plan": self.plan.model_dump(mode="json"), "plan_at_max_batch": None if at_max is None else at_max.model_dump(mode="json")}
+
+
+def compare_rows(  # type: ignore[no-untyped-def]
+    arch, spec, fields, gpu, gpus, instances, methods, calibration, tokens, epochs, storage, info=None
+) -> list[CompareRow]:
+    """``plan compare``: each (hardware, method) at the given micro batch and at its largest."""
+    wanted = [m.strip().lower() for m in (methods or "full,lora").split(",") if m.strip()]
+    bad = [m for m in wanted if m not in METHODS]
+    if bad or not wanted:
+        raise PlannerError(f"--methods: unknown method {bad[0] if bad else ''!r} (choose from full, lora, qlora)")
+    hardware: list[tuple[Instance | None, Gpu, int]]
+    if instances:
+        found = [catalog.find_instance(i.strip()) for i in instances.split(",") if i.strip()]
+        hardware = [(inst, catalog.find_gpu(inst.gpu), inst.gpu_count) for inst in found]
+    else:
+        hardware = [(None, catalog.find_gpu(gpu), gpus or 1)]
+    rows = []
+    for inst, the_gpu, per_node in hardware:
+        cal = calibration_for(calibration, the_gpu.id)
+        for m in wanted:
+            s = make_spec(arch, fields, m, per_node, spec.micro_batch_size)
+            at_b = build_plan(arch, s, the_gpu, inst, cal, storage_bytes=storage, dataset_tokens=tokens, epochs=epochs)
+            best = at_b.max_micro_batch_size
+            at_max = (
+                build_plan(arch, s.model_copy(update={"micro_batch_size": best}), the_gpu, inst, cal, dataset_tokens=tokens, epochs=epochs)
+                if best >= 1
+                else None
+            )
+            if info:
+                at_b = at_b.model_copy(update=info)
+                at_max = at_max.model_copy(update=info) if at_max is not None else None
+            rows.append(CompareRow(at_b, at_max))
+    return rows
+
+
+def sweep_rows(
     job: Job,
     models: str | None,
     methods: str | None,
     instances: str | None,
     gpu: str | None,
     gpus: int | None,
-    as_json: bool,
-    console: Callable[[], Any],
-    plot: str | None = None,
-) -> None:
+) -> list[Row]:
+    """``plan sweep``'s rows, ranked by dollars per epoch (what does not fit last)."""
     if not models:
         raise PlannerError("missing --model (a comma list, or all)")
     names = _split(models, "", tuple(a.name for a in catalog.architectures()), "models")
@@ -141,18 +186,12 @@ def run_sweep(
         raise PlannerError("missing hardware: give --instance A,B (or all) or --gpu NAME [--gpus N]")
     nodes = int(job.fields["nodes"])
     rows = [r for m in names for meth in wanted for g, inst, n in hardware for r in plan_rows(job, m, meth, g, inst, n, nodes)]
-    if plot is not None:
-        from planner.render.plots import save, sweep_figure
-
-        save(sweep_figure(rows), plot)
-    _emit(_rank(rows), as_json, console, "sweep")
+    return _rank(rows)
 
 
-def run_cheapest(
-    job: Job, model: str | None, method: str, max_nodes: int, as_json: bool, console: Callable[[], Any], gpu: str | None = None
-) -> None:
-    """Every priced catalog instance (with ``gpu``: of that GPU) at 1..max_nodes nodes; the
-    cheapest that fits wins."""
+def cheapest_rows(job: Job, model: str | None, method: str, max_nodes: int, gpu: str | None = None) -> list[Row]:
+    """Every priced catalog instance (with ``gpu``: of that GPU) at 1..max_nodes nodes, ranked;
+    the first row is the cheapest that fits (none fits: ``PlannerError``)."""
     if not model:
         raise PlannerError("missing --model (e.g. --model 70b)")
     only = catalog.find_gpu(gpu).id if gpu else None
@@ -168,16 +207,4 @@ def run_cheapest(
     ranked = _rank(rows)
     if not ranked or ranked[0].usd_per_epoch is None:
         raise PlannerError(f"no catalog instance (up to {max_nodes} node(s)) fits this job; try --max-nodes, --offload or QLoRA")
-    _emit(ranked, as_json, console, "cheapest")
-
-
-def _emit(rows: list[Row], as_json: bool, console: Callable[[], Any], kind: str) -> None:
-    if as_json:
-        out: Any = [r.as_dict() for r in rows]
-        if kind == "cheapest":
-            out = {"cheapest": rows[0].as_dict(), "candidates": out}
-        sys.stdout.write(json.dumps(out, indent=2) + "\n")
-        return
-    from planner.render.tables import render_rows
-
-    render_rows(rows, console(), kind)
+    return ranked

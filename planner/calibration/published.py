@@ -30,8 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from planner.catalog import data_dir, find_gpu, find_instance, find_model, load_calibration
 from planner.estimate.memory import GpuMemory, gpu_memory, param_counts
+from planner.estimate.resolve import make_spec
 from planner.estimate.timing import step_timing
-from planner.inputs import make_spec
 from planner.schema.calibration import Calibration
 from planner.schema.catalog import Architecture, Gpu, Instance
 from planner.schema.records import Measurement, MemoryCounter, PublishedResult

@@ -22,7 +22,7 @@ from harness.ray_run import launch_ray  # noqa: E402
 from harness.run import RunOptions, launch  # noqa: E402
 from planner.catalog import find_model  # noqa: E402
 from planner.estimate.memory import param_counts  # noqa: E402
-from planner.inputs import make_spec  # noqa: E402
+from planner.estimate.resolve import make_spec  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.harness]
 TINY = find_model("7b-tiny")

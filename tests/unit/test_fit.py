@@ -20,8 +20,8 @@ from planner.calibration.calibrate import (
 )
 from planner.catalog import find_gpu, find_model, load_calibration
 from planner.estimate.memory import gpu_memory, param_counts
+from planner.estimate.resolve import make_spec
 from planner.estimate.timing import step_timing
-from planner.inputs import make_spec
 from planner.schema.records import Measurement, RunResult, read_measurements
 
 RUNS = Path(__file__).resolve().parents[2] / "data" / "measurements" / "run" / "cpu.jsonl"

@@ -1,6 +1,6 @@
-"""Turning option values into a validated ``TrainingSpec``: shared by ``plan`` (all its modes),
-``harness trace`` and the published-throughput mapping. Bad input becomes one ``PlannerError``
-that names the option."""
+"""From option values to a validated ``TrainingSpec``: shared by ``plan`` (every command),
+``harness`` and the published-point mappings. Bad input becomes one ``PlannerError`` that names
+the option, or the configuration file and key that set it."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def positive_int(text: str, option: str) -> int:
     return value
 
 
-def dataset_tokens(tokens: int | None, samples: int | None, seq_len: int) -> int | None:
+def epoch_tokens(tokens: int | None, samples: int | None, seq_len: int) -> int | None:
     """Tokens of one epoch from ``--dataset-tokens`` or ``--dataset-samples`` (padded to the
     sequence length); None means the plan's default dataset."""
     if tokens is not None and samples is not None:

@@ -1,0 +1,23 @@
+"""``plan list models|gpus|instances``: the catalog."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import typer
+
+from planner import catalog
+from planner.cli.output import console
+
+
+def list_catalog(what: Literal["models", "gpus", "instances"] = typer.Argument(..., case_sensitive=False)) -> None:
+    """List the catalog: models, gpus or instances."""
+    from planner.render import tables
+
+    out = console()
+    if what == "models":
+        tables.render_models(catalog.architectures(), out)
+    elif what == "gpus":
+        tables.render_gpus(catalog.gpus(), out)
+    else:
+        tables.render_instances(catalog.instances(), out)
