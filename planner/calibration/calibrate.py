@@ -12,7 +12,7 @@ Quantities (residual keys):
 - ``memory.peak_bytes``: the planner's peak allocated bytes vs the run's peak live tensor bytes
   (rank 0, over forward, backward and the optimizer step);
 - ``memory.<category>_bytes``: each category at each phase's peak, where it is at least
-  ``CATEGORY_FLOOR`` of that phase (smaller ones say nothing about the peak);
+  ``agreement.RUN_CATEGORY_FLOOR`` of that phase (smaller ones say nothing about the peak);
 - ``host.rss_bytes``: ``host_process_bytes + (1 + allocator_reserve_fraction) * peak`` vs the
   process's peak RSS (CPU runs);
 - ``checkpoint.pretrained_bytes``: adapter (or 16-bit model) tensor bytes on disk;
@@ -26,16 +26,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from planner.calibration import fit
-from planner.calibration.agreement import gpu_of_device, on_gpu
+from planner.calibration.agreement import RUN_CATEGORY_FLOOR, gpu_of_device, on_gpu
 from planner.catalog import find_model
 from planner.errors import PlannerError
 from planner.estimate.memory import gpu_memory
 from planner.schema.calibration import PEAK_RESIDUAL, THROUGHPUT_RESIDUAL, Calibration, Coefficient, Provenance, Residual
 from planner.schema.records import CATEGORIES, Measurement, RunResult
-
-#: A category smaller than this fraction of its phase's measured peak is not held to a
-#: relative error (a few KiB of scratch next to megabytes of weights).
-CATEGORY_FLOOR = 0.05
 
 
 @dataclass(frozen=True)
@@ -188,7 +184,7 @@ def memory_errors(records: Sequence[Measurement], cal: Calibration) -> dict[str,
             p = pred.phases[phase]
             for c in CATEGORIES:
                 mv = getattr(meas.at_peak_bytes, c)
-                if mv >= CATEGORY_FLOOR * meas.peak_bytes:
+                if mv >= RUN_CATEGORY_FLOOR * meas.peak_bytes:
                     add(f"memory.{c}_bytes", getattr(p, c), mv)
         if not on_gpu(r):
             rss = cal.value("host_process_bytes") + (1 + cal.value("allocator_reserve_fraction")) * peak_pred

@@ -1,7 +1,7 @@
 """The planner against the committed traces (data/measurements/trace/*.jsonl), no torch needed.
 
 Each record is a full-size training step traced by ``harness trace`` (regenerate with
-``python -m harness.trace_grid``). Tolerances live in planner/agreement.py: each category within
+``python -m harness.trace_grid``). Tolerances live in planner/calibration/agreement.py: each category within
 3 % (or, when it is under 0.5 % of its phase, within that), the peak within 2 % (sharded
 records: 5 %), FLOPs within 1 %. The
 perturbation tests show the comparison can fail: 10 % on any one of the main planner terms

@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import pytest
 
+from planner.calibration.agreement import (
+    ADAPTER_CHECKPOINT_TOLERANCE,
+    MODEL_CHECKPOINT_TOLERANCE,
+    SEED_ABOUT_TOLERANCE,
+    SEED_PRINTED_RATIO_TOLERANCE,
+)
 from planner.catalog import find_gpu, find_instance, find_model
 from planner.estimate.plan import build_plan
 from planner.formulas import checkpoint as ckpt
@@ -53,14 +59,14 @@ def test_checkpoint_peaks_the_host_memory():
 
 def test_twenty_full_7b_models_take_about_280_gb():
     each = ckpt.model_weights_bytes(find_model("7b"), TrainingSpec(method="full", added_tokens=4))
-    assert 20 * each == pytest.approx(280e9, rel=0.10)
+    assert 20 * each == pytest.approx(280e9, rel=SEED_ABOUT_TOLERANCE)
 
 
 def test_about_700_lora_70b_adapters_plus_the_base_fit_in_the_same_space():
     arch = find_model("70b")
     adapter = ckpt.adapter_bytes(arch, SEED_LORA).total
     base = ckpt.model_weights_bytes(arch, SEED_LORA)
-    assert ckpt.copies_that_fit(280 * 10**9, adapter, base) == pytest.approx(700, rel=0.10)
+    assert ckpt.copies_that_fit(280 * 10**9, adapter, base) == pytest.approx(700, rel=SEED_ABOUT_TOLERANCE)
 
 
 @pytest.mark.parametrize(
@@ -69,19 +75,19 @@ def test_about_700_lora_70b_adapters_plus_the_base_fit_in_the_same_space():
 def test_template_lora_checkpoint_sizes(model, published_mb):
     """Ray template README: LoRA checkpoints of 42/64/202 MB with the all-layers config (bf16)."""
     got = ckpt.adapter_bytes(find_model(model), SEED_LORA).total
-    assert got / 1e6 == pytest.approx(published_mb, rel=0.05)
+    assert got / 1e6 == pytest.approx(published_mb, rel=ADAPTER_CHECKPOINT_TOLERANCE)
 
 
 @pytest.mark.parametrize("model,published_gib", [("7b", 12.8), ("70b", 128)], ids=["ray-7b-hf-ckpt-size", "ray-70b-hf-ckpt-size"])
 def test_template_full_checkpoint_sizes(model, published_gib):
     got = ckpt.model_weights_bytes(find_model(model), TrainingSpec(method="full"))
-    assert got / 2**30 == pytest.approx(published_gib, rel=0.03)
+    assert got / 2**30 == pytest.approx(published_gib, rel=MODEL_CHECKPOINT_TOLERANCE)
 
 
 def test_lora_trains_a_small_fraction_and_shrinks_the_checkpoint():
     arch = find_model("7b")
     trainable = prm.lora_params(arch, LAYER_LINEARS, 8)
-    assert trainable / prm.total_params(arch) == pytest.approx(0.00297, rel=0.01)
+    assert trainable / prm.total_params(arch) == pytest.approx(0.00297, rel=SEED_PRINTED_RATIO_TOLERANCE)
     full = ckpt.model_weights_bytes(arch, TrainingSpec(method="full"))
     assert full / ckpt.adapter_bytes(arch, SEED_LORA).total > 300
 

@@ -1,10 +1,11 @@
 """``harness calibrate`` on the CI grid (data/grids/ci.yaml): real DeepSpeed runs on this CPU,
 interrupted and resumed, then fitted; the planner calibrated for CPU is held to them (issue 5).
 
-Tolerances, at each run's peak phase (rank 0): every category within ``CATEGORY_TOLERANCE`` of
-its measured bytes, unless it is under ``CATEGORY_FLOOR`` of the peak (then it says nothing
-about the peak); parameters and optimizer states exact (Adam's step counters allowed), the
-adapter file's tensor bytes exactly the planner's ``adapter_bytes``. Every run of the grid,
+Tolerances (planner/calibration/agreement.py), at each run's peak phase (rank 0): every
+category within ``RUN_CATEGORY_TOLERANCE`` of its measured bytes, unless it is under
+``RUN_CATEGORY_FLOOR`` of the peak (then it says nothing about the peak); parameters and
+optimizer states exact (Adam's step counters allowed), the adapter file's tensor bytes exactly
+the planner's ``adapter_bytes``. Every run of the grid,
 ZeRO-3 with LoRA included (no known gaps).
 """
 
@@ -23,15 +24,18 @@ import pytest
 pytest.importorskip("deepspeed")
 pytestmark = pytest.mark.harness
 
-from planner.calibration.agreement import STEP_COUNTERS_BYTES, label  # noqa: E402
+from planner.calibration.agreement import (  # noqa: E402
+    RUN_CATEGORY_FLOOR,
+    RUN_CATEGORY_TOLERANCE,
+    STEP_COUNTERS_BYTES,
+    label,
+)
 from planner.catalog import find_model, load_calibration  # noqa: E402
 from planner.estimate.memory import gpu_memory, param_counts  # noqa: E402
 from planner.formulas.checkpoint import adapter_bytes  # noqa: E402
 from planner.schema.records import CATEGORIES, RunResult, read_measurements  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-CATEGORY_TOLERANCE = 0.10
-CATEGORY_FLOOR = 0.05
 
 
 def _harness(*args: str) -> list[str]:
@@ -77,7 +81,10 @@ def test_the_calibration_is_written_with_provenance_and_residuals(calibrated):
     cal = load_calibration(str(cal_path))
     assert cal.fitted and cal.device == "cpu" and cal.n_records == len(read_measurements(records))
     assert raw["provenance"]["records"] == {str(records): cal.n_records}
-    assert cal.value("optimizer_scratch_states") == pytest.approx(2.0, abs=0.1)  # CPU AdamW: sqrt and its quotient
+    # CPU AdamW: sqrt and its quotient. A median over this grid's few ZeRO runs, measured just now
+    # (2.008 on a 2-core machine), so twice the 0.05 tests/agreement/test_run_agreement.py allows
+    # the committed calibration (fitted on 48 runs: 2.0)
+    assert cal.value("optimizer_scratch_states") == pytest.approx(2.0, abs=0.1)
     assert cal.value("optimizer_per_tensor_step") == 1.0  # torch AdamW under DeepSpeed without ZeRO
     assert cal.value("dropout_mask_full_width") == 1.0  # CPU dropout keeps a noise tensor, not a bool mask
     assert cal.residuals is not None and cal.residuals["memory.peak_bytes"].n == cal.n_records
@@ -109,8 +116,9 @@ def test_the_cpu_calibrated_planner_predicts_the_runs(calibrated):
         late = _late_allreduce_copy(m) if r.peak_phase == "optimizer_step" else 0
         for c in CATEGORIES:
             mv, pv = getattr(meas.at_peak_bytes, c), getattr(p, c)
-            near = abs(pv - mv) <= CATEGORY_TOLERANCE * mv or (c == "temporaries" and abs(pv + late - mv) <= CATEGORY_TOLERANCE * mv)
-            if mv >= CATEGORY_FLOOR * meas.peak_bytes and not near:
+            allowed = RUN_CATEGORY_TOLERANCE * mv
+            near = abs(pv - mv) <= allowed or (c == "temporaries" and abs(pv + late - mv) <= allowed)
+            if mv >= RUN_CATEGORY_FLOOR * meas.peak_bytes and not near:
                 failures.append(f"{label(m)} {r.peak_phase}.{c}: planner {pv:,} vs measured {mv:,}")
         checked += 1
         # counted terms, exactly
