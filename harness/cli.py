@@ -13,12 +13,13 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 
 from planner import catalog
 from planner.cli import given_on_command_line, run_cli
+from planner.cli.options import DEFAULT, alias
 from planner.errors import PlannerError
 from planner.estimate.resolve import make_spec
 from planner.schema.catalog import Architecture
@@ -52,23 +53,23 @@ def trace_spec(arch: Architecture, **kw: Any) -> TrainingSpec:
 
 @app.command("trace")
 def trace_cmd(
-    model: str = typer.Option(..., "--model", "-m", help="Alias (7b, 13b, 70b), catalog name or path to a config.json."),
-    method: Literal["full", "lora"] = typer.Option("lora", "--method", case_sensitive=False),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1),
-    seq_len: int = typer.Option(512, "--seq-len", "-s", min=1),
-    grad_ckpt: bool = typer.Option(True, "--grad-ckpt/--no-grad-ckpt"),
-    attention: Literal["eager", "sdpa"] = typer.Option("sdpa", "--attention", case_sensitive=False),
-    precision: Literal["bf16-mixed", "amp-bf16", "bf16", "fp16-mixed", "fp32"] = typer.Option(
-        "bf16-mixed", "--precision", case_sensitive=False
+    model: Annotated[str, typer.Option("--model", "-m", help="Alias (7b, 13b, 70b), catalog name or path to a config.json.")],
+    method: Literal["full", "lora"] = typer.Option(
+        "lora", "--method", case_sensitive=False, help="full or lora (no QLoRA on fake tensors)."
     ),
-    lora_rank: int = typer.Option(8, "--lora-rank", "-r", min=1),
-    lora_alpha: float = typer.Option(16.0, "--lora-alpha"),
-    lora_dropout: float = typer.Option(0.05, "--lora-dropout", min=0.0, max=0.99),
-    lora_targets: str = typer.Option("all-linear", "--lora-targets"),
-    modules_to_save: str = typer.Option("", "--modules-to-save"),
-    adapter_dtype: Literal["auto", "fp32", "bf16", "fp16"] = typer.Option(
-        "auto", "--adapter-dtype", case_sensitive=False, help="auto: as the planner resolves it (bf16 without ZeRO-3)."
+    batch_size: int = typer.Option(int(DEFAULT.batch_size), "--batch-size", "-b", min=1, help="Micro batch (a number: no 'max' here)."),
+    seq_len: alias("seq_len") = DEFAULT.seq_len,
+    grad_ckpt: alias("grad_ckpt") = DEFAULT.grad_ckpt,
+    attention: Literal["eager", "sdpa"] = typer.Option(
+        "sdpa", "--attention", case_sensitive=False, help="eager or sdpa (flash needs a GPU)."
     ),
+    precision: alias("precision") = DEFAULT.precision,
+    lora_rank: alias("lora_rank") = DEFAULT.lora_rank,
+    lora_alpha: alias("lora_alpha") = DEFAULT.lora_alpha,
+    lora_dropout: float = typer.Option(DEFAULT.lora_dropout, "--lora-dropout", min=0.0, max=0.99),
+    lora_targets: alias("lora_targets") = DEFAULT.lora_targets,
+    modules_to_save: alias("modules_to_save") = DEFAULT.modules_to_save,
+    adapter_dtype: alias("adapter_dtype", help="auto: as the planner resolves it (bf16 without ZeRO-3).") = DEFAULT.adapter_dtype,
     world_size: int = typer.Option(1, "--world-size", min=1, max=64, help=">1: FSDP2 (fully_shard) over a fake process group."),
     steps: int = typer.Option(2, "--steps", min=1, max=5, help="Training steps; the last is reported as the steady state."),
     flops: bool = typer.Option(True, "--flops/--no-flops", help="Also count FLOPs (one more forward+backward)."),
@@ -180,20 +181,30 @@ def run_cmd(
         help="run_spec.json written by `plan --emit` (or its folder): the whole setup, model included; "
         "ranks = its GPUs per node. Replaces --model and the training options.",
     ),
-    method: Literal["full", "lora"] = typer.Option("lora", "--method", case_sensitive=False),
-    batch_size: int = typer.Option(4, "--batch-size", "-b", min=1),
-    seq_len: int = typer.Option(128, "--seq-len", "-s", min=1),
-    grad_accum: int = typer.Option(1, "--grad-accum", min=1),
-    zero: int = typer.Option(2, "--zero", min=0, max=3, help="DeepSpeed ZeRO stage."),
-    offload: Literal["none", "optimizer", "all"] = typer.Option("none", "--offload", case_sensitive=False),
-    grad_ckpt: bool = typer.Option(True, "--grad-ckpt/--no-grad-ckpt"),
-    attention: Literal["eager", "sdpa"] = typer.Option("sdpa", "--attention", case_sensitive=False),
-    precision: Literal["bf16-mixed", "fp32"] = typer.Option("bf16-mixed", "--precision", case_sensitive=False),
-    lora_rank: int = typer.Option(8, "--lora-rank", "-r", min=1),
-    lora_alpha: float = typer.Option(16.0, "--lora-alpha"),
-    lora_dropout: float = typer.Option(0.05, "--lora-dropout", min=0.0, max=0.99),
-    lora_targets: str = typer.Option("all-linear", "--lora-targets"),
-    modules_to_save: str = typer.Option("", "--modules-to-save"),
+    method: Literal["full", "lora"] = typer.Option(
+        "lora", "--method", case_sensitive=False, help="full or lora (QLoRA needs CUDA bitsandbytes)."
+    ),
+    batch_size: int = typer.Option(
+        4, "--batch-size", "-b", min=1, help="Micro batch per rank. Default 4, not plan's 8: a tiny model's run on a CPU stays short."
+    ),
+    seq_len: alias("seq_len", help="Default 128, not plan's 512: a real run on a CPU stays seconds.") = 128,
+    grad_accum: alias("grad_accum") = DEFAULT.grad_accum,
+    zero: alias(
+        "zero", help="DeepSpeed ZeRO stage. Default 2, not plan's 3: one process needs no parameter partitioning."
+    ) = 2,
+    offload: alias(
+        "offload", help="Default none, not plan's optimizer (the seed's): no CPU Adam to build for a quick run."
+    ) = "none",
+    grad_ckpt: alias("grad_ckpt") = DEFAULT.grad_ckpt,
+    attention: Literal["eager", "sdpa"] = typer.Option("sdpa", "--attention", case_sensitive=False, help="eager or sdpa."),
+    precision: Literal["bf16-mixed", "fp32"] = typer.Option(
+        "bf16-mixed", "--precision", case_sensitive=False, help="bf16-mixed or fp32 (what DeepSpeed runs on a CPU)."
+    ),
+    lora_rank: alias("lora_rank") = DEFAULT.lora_rank,
+    lora_alpha: alias("lora_alpha") = DEFAULT.lora_alpha,
+    lora_dropout: float = typer.Option(DEFAULT.lora_dropout, "--lora-dropout", min=0.0, max=0.99),
+    lora_targets: alias("lora_targets") = DEFAULT.lora_targets,
+    modules_to_save: alias("modules_to_save") = DEFAULT.modules_to_save,
     nproc: int = typer.Option(1, "--nproc", min=1, max=64, help="Processes (ranks) on this machine: gloo on CPU, NCCL on GPUs."),
     steps: int = typer.Option(3, "--steps", min=1, max=1000, help="Measured steps (then one more, profiled per phase)."),
     warmup: int = typer.Option(1, "--warmup", min=0, max=100),

@@ -27,7 +27,7 @@ from planner.schema.spec import TrainingSpec, parse_targets
 from planner.search import CompareRow, Job, Row, cheapest_rows, compare_rows, sweep_rows
 from planner.units import GIGA
 
-__all__ = ["CompareRow", "Planned", "PlanRequest", "Row", "cheapest", "compare", "plan", "request", "sweep"]
+__all__ = ["CompareRow", "Planned", "PlanRequest", "Row", "cheapest", "compare", "plan", "request", "resolve", "sweep"]
 
 
 def request(first: str | PlanRequest | None, options: dict[str, Any], first_name: str = "model") -> PlanRequest:
@@ -197,6 +197,13 @@ def _setup(req: PlanRequest, c: _Common, compare: bool) -> tuple[Architecture, T
     if storage_gb is not None and not (math.isfinite(storage_gb) and storage_gb <= GIGA):
         raise PlannerError(f"--storage-gb must be a finite number of GB, at most 1e9 (got {storage_gb:g})")
     return arch, spec, the_gpu, inst, instance
+
+
+def resolve(req: PlanRequest) -> tuple[Architecture, TrainingSpec, Gpu, Instance | None]:
+    """What a request asks for, checked as ``plan`` checks it, before any estimate: the
+    architecture, the validated spec (at micro batch 1 for ``max``), the GPU and the instance."""
+    arch, spec, gpu, inst, _ = _setup(req, _common(req), compare=False)
+    return arch, spec, gpu, inst
 
 
 def _storage_bytes(req: PlanRequest) -> int | None:
