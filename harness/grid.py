@@ -29,30 +29,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from planner.catalog import data_dir, find_model
 from planner.errors import PlannerError
-from planner.estimate.resolve import make_spec
+from planner.estimate.resolve import make_spec, positive_int
 from planner.schema.records import Measurement, append_measurement, read_measurements
-from planner.schema.spec import TrainingSpec, parse_targets
+from planner.schema.request import PlanRequest
+from planner.schema.spec import TrainingSpec
 
-#: Grid option -> TrainingSpec field (the others are the same name).
-_RENAMED = {"zero": "zero_stage"}
-_SPECIAL = ("model", "method", "batch_size", "nproc")
+#: The options a grid block may set: ``plan``'s (``PlanRequest``) that describe one training
+#: setup on one machine, and ``nproc`` (processes = GPUs of the node).
 OPTIONS = (
-    *_SPECIAL,
-    "seq_len",
-    "grad_accum",
-    "zero",
-    "offload",
-    "grad_ckpt",
-    "attention",
-    "precision",
-    "optimizer",
-    "lora_rank",
-    "lora_alpha",
-    "lora_dropout",
-    "lora_targets",
-    "modules_to_save",
-    "adapter_dtype",
-)
+    "model", "method", "batch_size", "nproc", "seq_len", "grad_accum", "zero", "offload", "grad_ckpt", "attention", "precision",
+    "optimizer", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "modules_to_save", "adapter_dtype",
+)  # fmt: skip
+assert set(OPTIONS) - {"nproc"} <= set(PlanRequest.model_fields)
 
 
 class RunSettings(BaseModel):
@@ -127,17 +115,26 @@ def load_grid(name_or_path: str) -> Grid:
 Job = tuple[str, TrainingSpec, int]  # catalog model name, spec, process count
 
 
+#: What a grid block leaves out takes ``harness run``'s defaults (``harness run --help`` says
+#: why they differ from ``plan``'s); everything else takes ``plan``'s (``PlanRequest``).
+RUN_DEFAULTS: dict[str, Any] = {"batch_size": 4, "seq_len": 128, "zero": 2, "offload": "none"}
+
+
 def _job(options: dict[str, Any]) -> Job:
+    """A block's options as a ``PlanRequest`` (the grid's option names are ``plan``'s), then the
+    spec ``plan`` would resolve for ``nproc`` GPUs of one node."""
+    from planner.api import spec_fields
+
     arch = find_model(str(options["model"]))
     nproc = int(options.get("nproc", 1))
-    fields: dict[str, Any] = {"offload": "none", "zero_stage": 0}
-    for k, v in options.items():
-        if k in _SPECIAL:
-            continue
-        if k in ("lora_targets", "modules_to_save") and isinstance(v, str):
-            v = parse_targets(v)
-        fields[_RENAMED.get(k, k)] = v
-    spec = make_spec(arch, fields, str(options.get("method", "lora")), nproc, int(options.get("batch_size", 4)))
+    try:
+        req = PlanRequest.model_validate({**RUN_DEFAULTS, **{k: v for k, v in options.items() if k != "nproc"}})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise PlannerError(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
+    fields = spec_fields(req)
+    fields["deepspeed"] = {}
+    spec = make_spec(arch, fields, req.method, nproc, positive_int(req.batch_size, "batch_size"))
     return arch.name, spec, nproc
 
 
