@@ -127,3 +127,18 @@ def _unit_literals(path: Path) -> list[str]:
 def test_units_are_spelled_only_in_units_py():
     found = [f for p in sorted(PLANNER.rglob("*.py")) if p.name != "units.py" for f in _unit_literals(p)]
     assert not found, "\n".join(found)
+
+
+def test_planner_never_imports_the_harness_or_torch():
+    """The harness imports the planner (schema, catalog, api, the CLI's option aliases), never the
+    reverse; and ``planner/`` stays pure Python."""
+    banned = ("harness", "torch", "transformers", "peft", "deepspeed", "accelerate", "bitsandbytes", "ray")
+    found = []
+    for p in PLANNER.rglob("*.py"):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            found += [f"{_module(p)} imports {n}" for n in names if n.split(".")[0] in banned]
+    assert not found, "\n".join(found)
