@@ -36,10 +36,11 @@ from planner.schema.calibration import Calibration
 from planner.schema.catalog import Architecture, Gpu, Instance
 from planner.schema.records import Measurement, MemoryCounter, PublishedResult
 from planner.schema.spec import TrainingSpec, parse_targets
+from planner.units import GIB, GIGA, MEGA, MIB
 
 Confidence = Literal["high", "medium", "low"]
-#: Bytes per published memory unit: vendor and tool "GB" is 10**9, GiB 2**30.
-MEMORY_UNIT_BYTES = {"GiB": 2**30, "GB": 10**9, "MiB": 2**20, "MB": 10**6}
+#: Bytes per published memory unit: vendor and tool "GB" is decimal (``GIGA``), GiB binary.
+MEMORY_UNIT_BYTES = {"GiB": GIB, "GB": GIGA, "MiB": MIB, "MB": MEGA}
 
 
 class PlanOptions(BaseModel):
