@@ -9,9 +9,10 @@ Two data files, each point mapped by hand from its source to the ``plan`` option
 - ``memory.json``: peak GPU memory per GPU in the counter the source names (``memory_counter``),
   and tokens/s where the same row gives it.
 
-Each file's ``skipped`` list names the other rows of ``shared/reference/published_measurements.jsonl``
-and why they are not points (not Llama-family, or not specified well enough to hold the planner
-to). ``published_measurements()`` turns every point into a ``Measurement`` of kind ``published``
+Each file's ``skipped`` list names the other rows of the reference list the points were taken
+from (``reference.json``: every row's id, source and figure, and whether it is a point or
+skipped) and why they are not points (not Llama-family, or not specified well enough to hold
+the planner to). ``published_measurements()`` turns every point into a ``Measurement`` of kind ``published``
 (model, ``TrainingSpec``, GPU, figures, citation); ``python -m planner.calibration published --write`` writes
 them to ``data/measurements/published/points.jsonl`` and a test checks that file against this
 module. ``compare_published`` evaluates the planner on one record.
@@ -124,6 +125,23 @@ class Skipped(BaseModel):
     why: str
 
 
+class ReferenceRow(BaseModel):
+    """One row of the reference list the points were mapped from (``data/published/reference.json``):
+    its source, the figure it gives, and whether it became a point or is skipped, in which file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    source: str
+    source_commit: str | None
+    model: str
+    metric: str
+    value: float
+    unit: str
+    taken_as: Literal["point", "skipped"]
+    in_file: Literal["throughput.json", "memory.json"] = Field(alias="in")
+
+
 @cache
 def _read(name: str) -> dict[str, Any]:
     raw: dict[str, Any] = json.loads((data_dir() / "published" / name).read_text())
@@ -138,6 +156,12 @@ def published_throughput() -> tuple[PublishedPoint, ...]:
 @cache
 def published_memory() -> tuple[MemoryPoint, ...]:
     return tuple(MemoryPoint.model_validate(p) for p in _read("memory.json")["points"])
+
+
+@cache
+def reference_rows() -> tuple[ReferenceRow, ...]:
+    """Every row of the reference list, each a point or skipped (``reference.json``)."""
+    return tuple(ReferenceRow.model_validate(r) for r in _read("reference.json")["rows"])
 
 
 @cache
