@@ -25,18 +25,19 @@ import json
 import sys
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from planner.api import resolve
 from planner.catalog import data_dir, find_gpu, find_instance, find_model, load_calibration
 from planner.estimate.memory import GpuMemory, gpu_memory, param_counts
-from planner.estimate.resolve import make_spec
 from planner.estimate.timing import step_timing
 from planner.schema.calibration import Calibration
 from planner.schema.catalog import Architecture, Gpu, Instance
 from planner.schema.records import Measurement, MemoryCounter, PublishedResult
-from planner.schema.spec import TrainingSpec, parse_targets
+from planner.schema.request import PlanRequest
+from planner.schema.spec import TrainingSpec
 from planner.units import GIB, GIGA, MEGA, MIB
 
 Confidence = Literal["high", "medium", "low"]
@@ -44,31 +45,23 @@ Confidence = Literal["high", "medium", "low"]
 MEMORY_UNIT_BYTES = {"GiB": GIB, "GB": GIGA, "MiB": MIB, "MB": MEGA}
 
 
-class PlanOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+def plan_request(options: Any) -> PlanRequest:
+    """A point's ``plan_options`` as the ``PlanRequest`` the planner is asked: ``plan``'s own
+    option names (``gpus_per_node`` is ``--gpus``), and ``offload`` ``none`` unless the point
+    says otherwise (a published run names the offload it used; none is the stack's default
+    outside DeepSpeed's ZeRO-Offload, whereas ``plan`` defaults to the seed's)."""
+    if isinstance(options, PlanRequest):
+        return options
+    if not isinstance(options, dict):
+        raise ValueError("plan_options must be an object of plan's options")
+    renamed = {("gpus" if k == "gpus_per_node" else k): v for k, v in options.items()}
+    missing = [k for k in ("model", "method", "batch_size", "seq_len", "zero") if k not in renamed]
+    if missing:
+        raise ValueError(f"plan_options lacks {', '.join(missing)}")
+    return PlanRequest.parse({"offload": "none", **renamed})
 
-    model: str
-    instance: str | None = None
-    gpu: str | None = None
-    gpus_per_node: int | None = Field(default=None, ge=1)
-    nodes: int = Field(default=1, ge=1)
-    method: str
-    batch_size: int = Field(ge=1)
-    grad_accum: int = Field(default=1, ge=1)
-    seq_len: int = Field(ge=1)
-    zero: int = Field(ge=0, le=3)
-    sharding: str = "deepspeed"
-    offload: str = "none"
-    grad_ckpt: bool = True
-    attention: str = "sdpa"
-    precision: str = "bf16-mixed"
-    padding_mask: bool = True
-    added_tokens: int = 0
-    optimizer: str = "adamw"
-    lora_rank: int | None = None
-    lora_alpha: float | None = None
-    lora_dropout: float | None = None
-    lora_targets: str | None = None
+
+PlanOptions = Annotated[PlanRequest, BeforeValidator(plan_request)]
 
 
 class PublishedPoint(BaseModel):
@@ -170,32 +163,10 @@ def skipped_points() -> tuple[Skipped, ...]:
     return tuple(Skipped.model_validate(s) for name in ("throughput.json", "memory.json") for s in _read(name).get("skipped", []))
 
 
-def _setup(o: PlanOptions) -> tuple[Architecture, TrainingSpec, Gpu, Instance | None]:
-    """The architecture, validated spec, GPU and instance that a point's options describe."""
-    inst = find_instance(o.instance) if o.instance else None
-    gpu = find_gpu(inst.gpu if inst else o.gpu or "")
-    per_node = inst.gpu_count if inst else (o.gpus_per_node or 1)
-    fields: dict[str, object] = {
-        "grad_accum": o.grad_accum,
-        "seq_len": o.seq_len,
-        "zero_stage": o.zero,
-        "sharding": o.sharding,
-        "offload": o.offload,
-        "grad_ckpt": o.grad_ckpt,
-        "attention": o.attention,
-        "precision": o.precision,
-        "padding_mask": o.padding_mask,
-        "added_tokens": o.added_tokens,
-        "optimizer": o.optimizer,
-        "nodes": o.nodes,
-    }
-    fields.update(
-        {k: v for k, v in (("lora_rank", o.lora_rank), ("lora_alpha", o.lora_alpha), ("lora_dropout", o.lora_dropout)) if v is not None}
-    )
-    if o.lora_targets:
-        fields["lora_targets"] = parse_targets(o.lora_targets)
-    arch = find_model(o.model)
-    return arch, make_spec(arch, fields, o.method, per_node, o.batch_size), gpu, inst
+def _setup(o: PlanRequest) -> tuple[Architecture, TrainingSpec, Gpu, Instance | None]:
+    """The architecture, validated spec, GPU and instance that a point's options describe,
+    resolved as ``plan`` resolves them."""
+    return resolve(o)
 
 
 def planner_tokens_per_s_per_gpu(arch: Architecture, spec: TrainingSpec, gpu: Gpu, inst: Instance | None, cal: Calibration) -> float:
