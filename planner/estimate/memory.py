@@ -10,79 +10,46 @@ offloaded, and the spikes of loading the model and of saving a checkpoint.
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
 
+from planner.estimate.memo import per_setup
 from planner.formulas import activations as act
 from planner.formulas import params as prm
+from planner.formulas.allocator import reserved_bytes
+from planner.formulas.counts import ParamCounts, count_params
 from planner.formulas.dtypes import (
-    FSDP2_MIXED,
-    PRECISIONS,
-    Dtypes,
     adapter_bytes_per_elem,
     optimizer_state_bytes,
     optimizer_step_temp_bytes,
 )
+from planner.formulas.dtypes import spec_dtypes as dtypes
+from planner.formulas.fsdp import fsdp2_terms
+from planner.formulas.grads import layer_grad_bytes
 from planner.formulas.zero import (
-    ceil_div,
-    persistence_threshold_elems,
+    allreduce_copy_bytes,
+    offloaded_optimizer_bytes_per_elem,
     prefetch_bucket_elems,
     reduce_bucket_elems,
     reduce_buckets_bytes,
     shard,
     zero3_live_params_bytes,
+    zero3_released_bytes,
     zero3_retained_params_bytes,
 )
 from planner.schema.calibration import Calibration
 from planner.schema.catalog import Architecture
-from planner.schema.spec import LAYER_LINEARS, TrainingSpec
+from planner.schema.memory import CATEGORIES as CATEGORIES  # re-exported for the callers that import it from here
+from planner.schema.memory import GPU_PHASES, GpuPhase, HostPhase, Split
+from planner.schema.spec import TrainingSpec
+from planner.units import ceil_div
 
-T = TypeVar("T")
-CATEGORIES = ("parameters", "gradients", "optimizer_states", "activations", "temporaries")
-GPU_PHASES = ("forward", "backward", "optimizer_step", "checkpoint_save")
-HOST_PHASES = ("model_load", "train", "checkpoint_save")
-ALLOCATOR_ROUND_BYTES = 2 * 2**20  # CUDACachingAllocator rounds large segments to 2 MiB
-
-
-#: DeepSpeed's all-reduce bucket without ZeRO (deepspeed/runtime/engine.py MEMORY_OPT_ALLREDUCE_SIZE).
-DS_ALLREDUCE_BUCKET_ELEMS = 500_000_000
-
-
-@dataclass(frozen=True)
-class ParamCounts:
-    total: int  # every parameter the training process holds (base + adapters + copies)
-    trainable: int
-    frozen: int
-    lora: int
-    modules_to_save: int
-    base: int  # the model without adapters (after added tokens)
-    weights_bytes: int  # all parameters as held on the device, unsharded
-    persistent_bytes: int  # small parameters ZeRO-3 keeps whole on every rank
-    grad_bytes_per_layer: int  # gradients of one layer's trainable parameters
-    grad_bytes_head: int  # gradients produced at the start of backward (lm_head, final norm)
-    grad_bytes_total: int
-    largest_module_bytes: int
-
-
-@dataclass(frozen=True)
-class Split:
-    parameters: int = 0
-    gradients: int = 0
-    optimizer_states: int = 0
-    activations: int = 0
-    temporaries: int = 0
-
-    @property
-    def total(self) -> int:
-        return self.parameters + self.gradients + self.optimizer_states + self.activations + self.temporaries
+__all__ = ["CATEGORIES", "GpuMemory", "HostMemory", "ParamCounts", "Split", "dtypes", "gpu_memory", "host_memory", "param_counts"]
 
 
 @dataclass(frozen=True)
 class GpuMemory:
-    phases: dict[str, Split]
-    peak_phase: str
+    phases: dict[GpuPhase, Split]
+    peak_phase: GpuPhase
     peak_allocated_bytes: int
     peak_reserved_bytes: int
     cuda_context_bytes: int
@@ -106,7 +73,7 @@ class HostMemory:
     checkpoint_save_bytes: int
 
     @property
-    def phases(self) -> dict[str, int]:
+    def phases(self) -> dict[HostPhase, int]:
         train = self.process_bytes + self.offloaded_optimizer_bytes + self.offloaded_parameters_bytes
         return {
             "model_load": self.process_bytes + self.model_load_bytes,
@@ -119,100 +86,9 @@ class HostMemory:
         return max(self.phases.values())
 
 
-def dtypes(spec: TrainingSpec) -> Dtypes:
-    if spec.sharding == "fsdp2" and spec.precision == "bf16-mixed":
-        return FSDP2_MIXED
-    return PRECISIONS[spec.precision]
-
-
-_MEMO: dict[tuple[int, tuple[Any, ...], str], tuple[Architecture, Any]] = {}
-#: Spec fields a memoised quantity must not depend on (it is shared across them); the key is
-#: every other field.
-_PER_STEP_FIELDS = frozenset({"micro_batch_size", "seq_len", "grad_accum"})
-_setup_fields = operator.itemgetter(*(f for f in TrainingSpec.model_fields if f not in _PER_STEP_FIELDS))
-
-
-def per_setup(arch: Architecture, spec: TrainingSpec, what: str, compute: Callable[[], T]) -> T:
-    """Memoise a quantity that does not depend on the micro batch, sequence or accumulation:
-    sweeps ask for the same model and setup at many micro batches. The entry keeps the
-    architecture it was computed for (ids are only compared while it lives)."""
-    key = (id(arch), _setup_fields(spec.__dict__), what)
-    hit = _MEMO.get(key)
-    if hit is not None and hit[0] is arch:
-        return hit[1]  # type: ignore[no-any-return]
-    if len(_MEMO) > 8192:
-        _MEMO.clear()
-    value = compute()
-    _MEMO[key] = (arch, value)
-    return value
-
-
 def param_counts(arch: Architecture, spec: TrainingSpec) -> ParamCounts:
-    """Parameter counts and byte sizes (memoised per model and setup)."""
-    return per_setup(arch, spec, "param_counts", lambda: _param_counts(arch, spec))
-
-
-def _param_counts(arch: Architecture, spec: TrainingSpec) -> ParamCounts:
-    dt = dtypes(spec)
-    added = spec.added_tokens
-    base = prm.total_params(arch, added)
-    v, h, L = prm.vocab(arch, added), arch.hidden_size, arch.num_hidden_layers
-    linears = prm.layer_linears(arch)
-    # Small tensors ZeRO-3 keeps whole (at most stage3_param_persistence_threshold elements):
-    # the norms and biases of the base model, and the LoRA A (r x in) and B (out x r) matrices
-    # of the layer projections that are that small (in the adapter dtype; harness runs over two
-    # ranks hold exactly these).
-    threshold = persistence_threshold_elems(arch, spec.deepspeed)
-    small = sum(n for n in [h] * (2 * L + 1) if n <= threshold)
-    small += L * sum(s.out_features for s in linears.values() if s.bias and s.out_features <= threshold)
-    small_lora = 0
-    if spec.method != "full":
-        r = spec.lora_rank
-        for t in spec.lora_targets:
-            if t in linears:
-                s_ = linears[t]
-                small_lora += L * sum(n for n in (r * s_.in_features, s_.out_features * r) if n <= threshold)
-    if spec.method == "full":
-        lora = mts = 0
-        trainable = base
-        per_layer = prm.layer_params(arch)
-        weights = base * dt.weight
-        grad_layer, grad_total = per_layer * dt.grad, base * dt.grad
-    else:
-        lora = prm.lora_params(arch, spec.lora_targets, spec.lora_rank, added)
-        mts = prm.modules_to_save_params(arch, spec.modules_to_save, added)
-        trainable = lora + mts
-        per_layer = sum(prm.lora_module_params(arch, t, spec.lora_rank) for t in spec.lora_targets if t in LAYER_LINEARS)
-        grad_layer, grad_total = per_layer * adapter_bytes_per_elem(spec), lora * adapter_bytes_per_elem(spec) + mts * dt.grad
-        if spec.method == "qlora":
-            # NF4 projections; norms, embeddings and lm_head stay in the weight dtype (fp32 after
-            # peft's prepare_model_for_kbit_training, i.e. amp-bf16 here).
-            frozen_bytes = prm.qlora_linear_bytes(arch, spec.qlora_double_quant) + (base - prm.linear_weight_params(arch)) * dt.weight
-        else:
-            # FSDP2 mixed precision leaves a frozen bf16 base as loaded (only trainable shards are fp32)
-            frozen_bytes = base * (dt.act if spec.sharding == "fsdp2" else dt.weight)
-        ab = adapter_bytes_per_elem(spec)  # LoRA A/B live (and get gradients) in the adapter dtype
-        weights = frozen_bytes + lora * ab + mts * dt.weight
-    if spec.method == "qlora":
-        lin_bytes = max(prm.nf4_tensor_bytes(s.weight_numel, spec.qlora_double_quant) for s in linears.values())
-        emb_bytes = v * h * dt.weight
-    else:
-        lin_bytes = max(s.weight_numel for s in linears.values()) * dt.weight
-        emb_bytes = v * h * dt.weight
-    return ParamCounts(
-        total=base + trainable if spec.method != "full" else base,
-        trainable=trainable,
-        frozen=0 if spec.method == "full" else base,
-        lora=lora,
-        modules_to_save=mts,
-        base=base,
-        weights_bytes=weights,
-        persistent_bytes=min(weights, small * dt.weight + (small_lora * adapter_bytes_per_elem(spec) if spec.method != "full" else 0)),
-        grad_bytes_per_layer=grad_layer,
-        grad_bytes_head=max(0, grad_total - L * grad_layer - _embedding_grad_bytes(arch, spec)),
-        grad_bytes_total=grad_total,
-        largest_module_bytes=max(lin_bytes, emb_bytes),
-    )
+    """Parameter counts and byte sizes (``formulas.counts.count_params``, memoised per model and setup)."""
+    return per_setup(arch, spec, "param_counts", lambda: count_params(arch, spec))
 
 
 def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuMemory:
@@ -225,7 +101,7 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
 
     # -- parameters: ZeRO-3 shards all but the small persistent ones; --offload all moves the
     #    shards to host memory and streams them in.
-    fsdp = _fsdp2_terms(arch, spec, pc) if spec.sharding == "fsdp2" else None
+    fsdp = fsdp2_terms(arch, spec) if spec.sharding == "fsdp2" else None
     if fsdp is not None:
         # FSDP2 keeps every parameter sharded (no persistence threshold); what it gathers is
         # counted below as resident while running (unsharded parameters) and as all-gather /
@@ -250,8 +126,8 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
             not_local,
         )
         # around the turn from forward to backward DeepSpeed also keeps what it will reuse soon,
-        # but not what the step's trace never uses again (see _zero3_released_bytes)
-        after_fwd, after_head = _zero3_released_bytes(arch, spec, dt.weight) if not_local else (0, 0)
+        # but not what the step's trace never uses again (see zero3_released_bytes)
+        after_fwd, after_head = zero3_released_bytes(arch, spec, dt.weight) if not_local else (0, 0)
         reuse = ds.stage3_max_reuse_distance
         live_top = max(live, zero3_retained_params_bytes(reuse, spec.grad_ckpt, dt.weight, not_local - after_fwd))
         live_top_layers = max(live, zero3_retained_params_bytes(reuse, spec.grad_ckpt, dt.weight, not_local - after_fwd - after_head))
@@ -315,7 +191,7 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
             # FusedAdam (a config's "AdamW" on CUDA) FP16_Optimizer flattens the fp32 copies
             # into one gradient: the composition below (fp16/fused_optimizer.py).
             step_grads = grads_all + fp32_grads
-            largest = _largest_trainable_elems(arch, spec, pc, dt.weight)
+            largest = prm.largest_trainable_elems(arch, spec, pc.trainable, pc.largest_module_bytes, dt.weight)
             step_temp = optimizer_step_temp_bytes(spec.optimizer, dt, largest, cal.value("optimizer_scratch_states"))
         else:
             step_temp = fp32_grads + max(flat16, scratch)
@@ -327,10 +203,10 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
     # backward is then the phase's peak (7b-tiny full: exactly gradients + one copy).
     allreduce_copy = 0
     if zero == 0 and n > 1 and fsdp is None and not offload_opt:
-        allreduce_copy = min(grads_all, DS_ALLREDUCE_BUCKET_ELEMS * g)
+        allreduce_copy = allreduce_copy_bytes(grads_all, g)
     dequant = 0
     if spec.method == "qlora":  # bnb dequantizes one weight to 16 bit for each matmul
-        dequant = max(s.weight_numel for s in prm.layer_linears(arch).values()) * dt.act
+        dequant = prm.qlora_dequant_bytes(arch, dt.act)
 
     # -- activations.
     full_mask = cal.value("dropout_mask_full_width") >= 0.5
@@ -357,7 +233,7 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
                 kept -= nbytes
         return kept
 
-    stage_grads = per_setup(arch, spec, "stage_grads", lambda: {st: _layer_grad_bytes(arch, spec, (st,)) for st in act.LAYER_STAGES})
+    stage_grads = per_setup(arch, spec, "stage_grads", lambda: {st: layer_grad_bytes(arch, spec, (st,)) for st in act.LAYER_STAGES})
     model_items = act.model_level_saved(arch, spec, dt, full_mask)
     first_unsaved = act.first_layer_unsaved_bytes(arch, spec, dt, full_mask)
     model_bytes = act.total(model_items) - first_unsaved
@@ -493,11 +369,10 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
     bwd = max(moments, key=lambda x: x.total)
     step = Split(resident, step_grads, opt, 0, step_temp + standing_buckets)
     save = Split(resident, standing, opt, 0, (live if zero == 3 else 0) + standing_buckets)
-    phases = {"forward": fwd, "backward": bwd, "optimizer_step": step, "checkpoint_save": save}
+    phases: dict[GpuPhase, Split] = {"forward": fwd, "backward": bwd, "optimizer_step": step, "checkpoint_save": save}
     peak_phase = max(GPU_PHASES, key=lambda p: phases[p].total)
     allocated = phases[peak_phase].total
-    reserved = allocated + int(allocated * cal.value("allocator_reserve_fraction"))
-    reserved = ceil_div(reserved, ALLOCATOR_ROUND_BYTES) * ALLOCATOR_ROUND_BYTES
+    reserved = reserved_bytes(allocated, cal.value("allocator_reserve_fraction"))
     items = [act.Saved(f"layer.{x.name}", x.bytes) for x in layer] + model_items
     return GpuMemory(
         phases=phases,
@@ -507,124 +382,6 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         cuda_context_bytes=cal.bytes("cuda_context_bytes"),
         activation_items=items,
     )
-
-
-def _zero3_released_bytes(arch: Architecture, spec: TrainingSpec, weight_bytes: int) -> tuple[int, int]:
-    """Gathered weights ZeRO-3 releases early in a step: (after forward, after lm_head's backward).
-
-    DeepSpeed releases a module's gathered parameters once the step's trace has no further use
-    for them (partitioned_param_coordinator.py ``__params_to_release``), whatever the reuse
-    distance. A module whose output needs no gradient gets no backward hook, so its last use is
-    its forward: the frozen input embedding, and the first layer's frozen q/k/v (their input needs
-    no gradient, see ``first_layer_input_needs_grad``) when nothing asks for the embedding
-    output's gradient. lm_head's last use is its backward, which comes before the layers'. Small
-    (persisted) weights are never released; a tied head is the embedding. Harness runs over two
-    ranks: 7b-tiny's gathered weights at the turn are the whole model less the embedding and the
-    first q/k/v without checkpointing, and less lm_head inside the top layer's backward."""
-    threshold = persistence_threshold_elems(arch, spec.deepspeed)
-    emb = prm.embedding_params(arch, spec.added_tokens)
-    after_fwd = 0
-    if not act.first_layer_input_needs_grad(spec):
-        if not arch.tie_word_embeddings and emb > threshold:
-            after_fwd += emb * weight_bytes
-        linears = prm.layer_linears(arch)
-        qkv = (linears[q].weight_numel for q in ("q_proj", "k_proj", "v_proj"))
-        after_fwd += sum(numel * weight_bytes for numel in qkv if numel > threshold)
-    head = 0 if arch.tie_word_embeddings or emb <= threshold else emb * weight_bytes
-    return after_fwd, head
-
-
-def _largest_trainable_elems(arch: Architecture, spec: TrainingSpec, pc: ParamCounts, weight_bytes: int) -> int:
-    """Elements of the largest trainable tensor: a whole module's weight in full fine-tuning
-    (the embedding or the largest projection), else the largest LoRA module's A + B (an upper
-    bound on either) or a module kept whole for saving."""
-    if spec.method == "full":
-        return pc.largest_module_bytes // weight_bytes
-    lora = max((prm.lora_module_params(arch, t, spec.lora_rank) for t in spec.lora_targets if t in LAYER_LINEARS), default=0)
-    whole = max((arch.vocab_size * arch.hidden_size for t in spec.modules_to_save if t in ("embed_tokens", "lm_head")), default=0)
-    return min(pc.trainable, max(lora, whole))
-
-
-@dataclass(frozen=True)
-class Fsdp2Terms:
-    """What FSDP2 gathers and buffers on one rank (bytes): the root group (embeddings, final
-    norm, lm_head) and one decoder layer unsharded in the compute dtype, one layer's gradients in
-    the reduce dtype for the reduce-scatter, and the root's gradients held unsharded through
-    backward (the root reduce-scatters last)."""
-
-    root: int
-    layer: int
-    reduce_scatter: int
-    root_grad: int  # held through the layers' backward (lm_head, final norm; not a tied embedding)
-    root_grad_all: int  # every root gradient at the end of backward (embedding included)
-    root_reduce_scatter: int
-
-
-def _fsdp2_terms(arch: Architecture, spec: TrainingSpec, pc: ParamCounts) -> Fsdp2Terms:
-    dt = dtypes(spec)
-    h, v = arch.hidden_size, prm.vocab(arch, spec.added_tokens)
-    emb, lm_head = prm.embedding_params(arch, spec.added_tokens), prm.lm_head_params(arch, spec.added_tokens)
-    root_elems = emb + lm_head + h
-    layer_elems = prm.layer_params(arch)
-    if spec.method == "full":
-        layer_grad_elems = layer_elems
-        root_grad_elems = lm_head + h  # a tied lm_head's gradient waits in autograd's buffer (a temporary)
-        root_all = root_elems
-    else:
-        layer_grad_elems = sum(prm.lora_module_params(arch, t, spec.lora_rank) for t in spec.lora_targets if t in LAYER_LINEARS)
-        layer_elems += layer_grad_elems
-        head = prm.lora_module_params(arch, "lm_head", spec.lora_rank, spec.added_tokens) if "lm_head" in spec.lora_targets else 0
-        head += v * h if "lm_head" in spec.modules_to_save else 0
-        embed = emb if "embed_tokens" in spec.modules_to_save else 0
-        if "embed_tokens" in spec.lora_targets:
-            embed += prm.lora_module_params(arch, "embed_tokens", spec.lora_rank, spec.added_tokens)
-        root_elems += head + embed
-        root_grad_elems, root_all = head, head + embed
-    reduce_bytes = 4 if spec.precision == "bf16-mixed" else dt.act
-    return Fsdp2Terms(
-        root=root_elems * dt.act,
-        layer=layer_elems * dt.act,
-        reduce_scatter=layer_grad_elems * reduce_bytes,
-        root_grad=root_grad_elems * dt.act,
-        root_grad_all=root_all * dt.act,
-        root_reduce_scatter=root_all * reduce_bytes,
-    )
-
-
-def _layer_grad_bytes(arch: Architecture, spec: TrainingSpec, stages: tuple[str, ...]) -> int:
-    """Gradient bytes of one layer's trainable parameters in the given stages (unsharded)."""
-    dt = dtypes(spec)
-    linears = prm.layer_linears(arch)
-    names = [n for n in LAYER_LINEARS if _LINEAR_STAGE[n] in stages]
-    if spec.method == "full":
-        norms = sum(arch.hidden_size for st in ("input_norm", "post_attention_norm") if st in stages)
-        return dt.grad * (sum(linears[n].numel for n in names) + norms)
-    ab = adapter_bytes_per_elem(spec)
-    return ab * sum(prm.lora_module_params(arch, n, spec.lora_rank) for n in names if n in spec.lora_targets)
-
-
-_LINEAR_STAGE = {
-    "q_proj": "qkv",
-    "k_proj": "qkv",
-    "v_proj": "qkv",
-    "o_proj": "o",
-    "gate_proj": "gate_up",
-    "up_proj": "gate_up",
-    "down_proj": "down",
-}
-
-
-def _embedding_grad_bytes(arch: Architecture, spec: TrainingSpec) -> int:
-    """Gradient bytes of the input embedding's trainable parts (they appear last in backward)."""
-    dt = dtypes(spec)
-    if spec.method == "full":
-        return prm.embedding_params(arch, spec.added_tokens) * dt.grad
-    out = 0
-    if "embed_tokens" in spec.lora_targets:
-        out += prm.lora_module_params(arch, "embed_tokens", spec.lora_rank, spec.added_tokens) * adapter_bytes_per_elem(spec)
-    if "embed_tokens" in spec.modules_to_save:
-        out += prm.embedding_params(arch, spec.added_tokens) * dt.grad
-    return out
 
 
 def host_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration, save_bytes: int) -> HostMemory:
@@ -646,7 +403,7 @@ def host_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration, save_b
     if spec.offload in ("optimizer", "all"):
         # fp32 master + two fp32 moments + fp32 gradient; ZeRO-3 also pins its 16-bit gradient
         # partition buffer on the host (stage3.py grad_partitions_flat_buffer).
-        per_elem = 4 + 8 + 4 + (dt.grad if spec.zero_stage == 3 else 0)
+        per_elem = offloaded_optimizer_bytes_per_elem(spec.zero_stage, dt.grad)
         offload_opt = ranks * ceil_div(pc.trainable * per_elem, n)
     offload_params = ranks * ceil_div(pc.weights_bytes, n) if spec.offload == "all" else 0
     if spec.zero_stage == 3 or spec.method == "qlora":

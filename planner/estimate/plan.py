@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Literal
 
 from planner.catalog import load_calibration
-from planner.estimate.memory import CATEGORIES, GpuMemory, HostMemory, gpu_memory, host_memory, param_counts
+from planner.estimate.memory import GpuMemory, HostMemory, gpu_memory, host_memory, param_counts
 from planner.estimate.timing import SEED_DATASET_SAMPLES, step_timing, time_cost
 from planner.formulas import checkpoint as ckpt
 from planner.formulas.dtypes import adapter_dtype
@@ -41,6 +41,7 @@ from planner.schema.plan import (
     TimeCost,
 )
 from planner.schema.spec import TrainingSpec
+from planner.units import ceil_div
 
 
 def _warnings(arch: Architecture, spec: TrainingSpec, gpu: Gpu, instance: Instance | None) -> list[str]:
@@ -90,7 +91,7 @@ def max_micro_batch(arch: Architecture, spec: TrainingSpec, gpu: Gpu, cal: Calib
         step = peak(hi) - peak(hi - 1)
         if step <= 0:
             break
-        hi = max(1, min(hi - 1, hi - -(-(peak(hi) - cap) // step)))
+        hi = max(1, min(hi - 1, hi - ceil_div(peak(hi) - cap, step)))
     if peak(hi) <= cap and (hi == MAX_SEARCH_BATCH or peak(hi + 1) > cap):
         return hi
     return _bisect(peak, cap, 1, MAX_SEARCH_BATCH)
@@ -128,18 +129,16 @@ def build_plan(
 
     g: GpuMemory = gpu_memory(arch, spec, cal)
     h: HostMemory = host_memory(arch, spec, cal, save_bytes)
-    split = g.split
-    cats = {c: getattr(split, c) for c in CATEGORIES}
     per_gpu = PerGpu(
-        **{f"{c}_bytes": v for c, v in cats.items()},
+        **g.split.json_fields(),
         overhead_bytes=g.peak_bytes - g.peak_allocated_bytes,
         peak_allocated_bytes=g.peak_allocated_bytes,
         peak_reserved_bytes=g.peak_reserved_bytes,
         peak_bytes=g.peak_bytes,
-        peak_phase=g.peak_phase,  # type: ignore[arg-type]
+        peak_phase=g.peak_phase,
         phase_peaks_bytes=PhasePeaks(**{p: s.total for p, s in g.phases.items()}),
         phase_splits_bytes=PhaseSplits(
-            **{p: CategorySplit(**{f"{c}_bytes": getattr(s, c) for c in CATEGORIES}) for p, s in g.phases.items()}
+            **{p: CategorySplit(**s.json_fields()) for p, s in g.phases.items()}
         ),
         cuda_context_bytes=g.cuda_context_bytes,
         allocator_reserve_bytes=g.peak_reserved_bytes - g.peak_allocated_bytes,
@@ -149,7 +148,7 @@ def build_plan(
     host_phases = h.phases
     per_node_cpu = PerNodeCpu(
         peak_bytes=h.peak_bytes,
-        peak_phase=max(host_phases, key=host_phases.__getitem__),  # type: ignore[arg-type]
+        peak_phase=max(host_phases, key=host_phases.__getitem__),
         process_bytes=h.process_bytes,
         offloaded_optimizer_bytes=h.offloaded_optimizer_bytes,
         offloaded_parameters_bytes=h.offloaded_parameters_bytes,

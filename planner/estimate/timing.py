@@ -26,15 +26,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.estimate.memory import ParamCounts, dtypes, per_setup
+from planner.estimate.memo import per_setup
 from planner.formulas import params as prm
 from planner.formulas import throughput as tp
-from planner.formulas.dtypes import adapter_bytes_per_elem
+from planner.formulas.counts import ParamCounts
+from planner.formulas.dtypes import adapter_bytes_per_elem, spec_dtypes
 from planner.formulas.flops import step_flops
 from planner.formulas.zero import zero3_module_calls
 from planner.schema.calibration import Calibration
 from planner.schema.catalog import Architecture, Gpu, Instance
 from planner.schema.spec import TrainingSpec
+from planner.units import MEGA, ceil_div
 
 #: GSM8K's train split (Cobbe et al. 2021): 7,473 problems, the seed's dataset, padded to 512.
 SEED_DATASET_SAMPLES = 7473
@@ -108,7 +110,7 @@ def link_bytes_per_s(spec: TrainingSpec, gpu: Gpu, instance: Instance | None, ca
 
 
 def step_timing(arch: Architecture, spec: TrainingSpec, pc: ParamCounts, gpu: Gpu, instance: Instance | None, cal: Calibration) -> Timing:
-    dt = dtypes(spec)
+    dt = spec_dtypes(spec)
     n, zero = spec.world_size, spec.zero_stage
     tokens = spec.tokens_per_micro_batch
     peak = peak_flops(gpu, spec)
@@ -140,7 +142,7 @@ def step_timing(arch: Architecture, spec: TrainingSpec, pc: ParamCounts, gpu: Gp
         host_elems = pc.trainable * spec.gpus_per_node // n  # one node's CPU Adam updates its ranks' partitions
         offload_step, optimizer = moved / pcie, host_elems / cal.value("cpu_adam_elements_per_s")
     else:
-        local = -(-pc.trainable // n) if zero >= 1 else pc.trainable
+        local = ceil_div(pc.trainable, n) if zero >= 1 else pc.trainable
         touched = local * tp.optimizer_bytes_per_element(spec.optimizer, dt.weight, dt.grad, dt.master, dt.state)
         offload_step, optimizer = 0.0, touched / hbm
     framework = 0.0
@@ -189,5 +191,5 @@ def time_cost(t: Timing, dataset_tokens: int, epochs: float, usd_per_node_hour: 
         usd_per_hour=per_hour,
         usd_per_epoch=None if per_hour is None else per_hour * seconds / 3600,
         usd_total=None if per_hour is None else per_hour * seconds * epochs / 3600,
-        usd_per_million_tokens=None if per_hour is None else per_hour / (t.tokens_per_s * 3600) * 1e6,
+        usd_per_million_tokens=None if per_hour is None else per_hour / (t.tokens_per_s * 3600) * MEGA,
     )

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from planner.schema.spec import Optimizer, TrainingSpec
+from planner.units import ceil_div
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,14 @@ PRECISIONS: dict[str, Dtypes] = {
 #: master), so their gradients and AdamW states are fp32; gathered weights and compute are bf16.
 FSDP2_MIXED = Dtypes(weight=4, grad=4, master=0, state=4, act=2, resid=2)
 
+
+def spec_dtypes(spec: TrainingSpec) -> Dtypes:
+    """The bytes per element of each kind of tensor for ``spec``: its precision's, except that
+    FSDP2 under bf16 mixed precision keeps fp32 sharded parameters (``FSDP2_MIXED``)."""
+    if spec.sharding == "fsdp2" and spec.precision == "bf16-mixed":
+        return FSDP2_MIXED
+    return PRECISIONS[spec.precision]
+
 #: bitsandbytes 8-bit blockwise optimizers: uint8 states with one fp32 absmax per block of 256
 #: (bitsandbytes/optim/optimizer.py Optimizer8bit, ``block_wise=True``; functional.py
 #: ``optimizer_update_8bit_blockwise``; Dettmers et al. 2022, "8-bit Optimizers via Block-wise
@@ -53,7 +62,7 @@ def optimizer_state_bytes(optimizer: Optimizer, dt: Dtypes, numel: int) -> int:
     if optimizer == "adamw":
         return 2 * dt.state * numel
     if optimizer == "adamw8bit":
-        blocks = -(-numel // ADAM8BIT_BLOCK)
+        blocks = ceil_div(numel, ADAM8BIT_BLOCK)
         return 2 * (numel + 4 * blocks)
     return 0
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from planner.schema.catalog import Architecture
-from planner.schema.spec import LAYER_LINEARS
+from planner.schema.spec import LAYER_LINEARS, TrainingSpec
+from planner.units import ceil_div
 
 
 @dataclass(frozen=True)
@@ -136,14 +137,24 @@ def max_lora_rank(arch: Architecture, targets: tuple[str, ...]) -> int:
     return min(dims)
 
 
+def largest_trainable_elems(arch: Architecture, spec: TrainingSpec, trainable: int, largest_module_bytes: int, weight_bytes: int) -> int:
+    """Elements of the largest trainable tensor: a whole module's weight in full fine-tuning
+    (the embedding or the largest projection: ``largest_module_bytes / weight_bytes``), else the
+    largest LoRA module's A + B (``r * (in + out)``, an upper bound on either) or a module kept
+    whole for saving (vocab x hidden), at most all ``trainable`` elements. What DeepSpeed's
+    FP16_UnfusedOptimizer steps at once (deepspeed/runtime/fp16/unfused_optimizer.py: one fp32
+    master at a time)."""
+    if spec.method == "full":
+        return largest_module_bytes // weight_bytes
+    lora = max((lora_module_params(arch, t, spec.lora_rank) for t in spec.lora_targets if t in LAYER_LINEARS), default=0)
+    whole = max((arch.vocab_size * arch.hidden_size for t in spec.modules_to_save if t in ("embed_tokens", "lm_head")), default=0)
+    return min(trainable, max(lora, whole))
+
+
 # --- QLoRA (bitsandbytes NF4) ------------------------------------------------------------------
 
 NF4_BLOCK = 64  # bitsandbytes Linear4bit default blocksize (bnb/nn/modules.py Params4bit)
 DQ_BLOCK = 256  # double quantization groups 256 absmax values (QLoRA paper, Dettmers et al. 2023, §3)
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def nf4_tensor_bytes(numel: int, double_quant: bool) -> int:
@@ -154,11 +165,11 @@ def nf4_tensor_bytes(numel: int, double_quant: bool) -> int:
     blocks and the 256-entry fp32 code book and an fp32 offset per tensor
     (bitsandbytes ``functional.quantize_4bit``; QLoRA paper §3: 0.5 -> 0.127 bits/param).
     """
-    blocks = _ceil_div(numel, NF4_BLOCK)
-    data = _ceil_div(numel, 2)
+    blocks = ceil_div(numel, NF4_BLOCK)
+    data = ceil_div(numel, 2)
     if not double_quant:
         return data + 4 * blocks
-    return data + blocks + 4 * _ceil_div(blocks, DQ_BLOCK) + 4 * 256 + 4
+    return data + blocks + 4 * ceil_div(blocks, DQ_BLOCK) + 4 * 256 + 4
 
 
 def qlora_linear_bytes(arch: Architecture, double_quant: bool) -> int:
@@ -166,3 +177,10 @@ def qlora_linear_bytes(arch: Architecture, double_quant: bool) -> int:
     (transformers' bnb integration skips the output layer)."""
     per_layer = sum(nf4_tensor_bytes(s.weight_numel, double_quant) for s in layer_linears(arch).values())
     return arch.num_hidden_layers * per_layer
+
+
+def qlora_dequant_bytes(arch: Architecture, act_bytes: int) -> int:
+    """bitsandbytes dequantizes one NF4 weight to the compute dtype for each matmul
+    (``bnb.functional.dequantize_4bit`` inside ``MatMul4Bit``): the largest projection's
+    weight, ``act_bytes`` per element, is the buffer alive at a time."""
+    return max(s.weight_numel for s in layer_linears(arch).values()) * act_bytes

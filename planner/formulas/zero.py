@@ -10,13 +10,14 @@ parameters); deepspeed/runtime/zero/stage_1_and_2.py (``ipg_buffer``: two reduce
 
 from __future__ import annotations
 
-from planner.formulas.params import layer_linears, vocab
+from planner.formulas.activations import first_layer_input_needs_grad
+from planner.formulas.params import embedding_params, layer_linears, vocab
 from planner.schema.catalog import Architecture
 from planner.schema.spec import DeepSpeedConfig, TrainingSpec
+from planner.units import ceil_div
 
-
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
+#: DeepSpeed's all-reduce bucket without ZeRO (deepspeed/runtime/engine.py MEMORY_OPT_ALLREDUCE_SIZE).
+DS_ALLREDUCE_BUCKET_ELEMS = 500_000_000
 
 
 def shard(total_bytes: int, world: int, sharded: bool) -> int:
@@ -53,6 +54,14 @@ def reduce_buckets_bytes(zero_stage: int, bucket_elems: int, grad_bytes: int, ds
     return count * bucket_elems * grad_bytes
 
 
+def allreduce_copy_bytes(grad_bytes: int, grad_elem_bytes: int) -> int:
+    """Without ZeRO, DeepSpeed all-reduces the 16-bit gradients at the accumulation boundary
+    through one flat copy of at most ``MEMORY_OPT_ALLREDUCE_SIZE`` (5e8) elements beside them
+    (engine.py ``_backward_epilogue`` -> ``allreduce_gradients`` -> ``allreduce_bucket``): the
+    gradients' bytes, capped at 5e8 elements of ``grad_elem_bytes``."""
+    return min(grad_bytes, DS_ALLREDUCE_BUCKET_ELEMS * grad_elem_bytes)
+
+
 def zero3_live_params_bytes(largest_module_bytes: int, prefetch_bytes: int, max_live_bytes: int, not_local_bytes: int) -> int:
     """Gathered full parameters under ZeRO-3: the module running now plus the prefetch bucket,
     capped by ``stage3_max_live_parameters`` and by what this rank does not hold itself
@@ -73,6 +82,39 @@ def zero3_retained_params_bytes(reuse_distance_elems: int, grad_ckpt: bool, weig
     whole through forward and backward (data/measurements/run/cpu.jsonl)."""
     elems = reuse_distance_elems // (3 if grad_ckpt else 2)
     return max(0, min(elems * weight_bytes, not_local_bytes))
+
+
+def zero3_released_bytes(arch: Architecture, spec: TrainingSpec, weight_bytes: int) -> tuple[int, int]:
+    """Gathered weights ZeRO-3 releases early in a step: (after forward, after lm_head's backward).
+
+    DeepSpeed releases a module's gathered parameters once the step's trace has no further use
+    for them (partitioned_param_coordinator.py ``__params_to_release``), whatever the reuse
+    distance. A module whose output needs no gradient gets no backward hook, so its last use is
+    its forward: the frozen input embedding, and the first layer's frozen q/k/v (their input needs
+    no gradient, see ``first_layer_input_needs_grad``) when nothing asks for the embedding
+    output's gradient. lm_head's last use is its backward, which comes before the layers'. Small
+    (persisted) weights are never released; a tied head is the embedding. Harness runs over two
+    ranks: 7b-tiny's gathered weights at the turn are the whole model less the embedding and the
+    first q/k/v without checkpointing, and less lm_head inside the top layer's backward."""
+    threshold = persistence_threshold_elems(arch, spec.deepspeed)
+    emb = embedding_params(arch, spec.added_tokens)
+    after_fwd = 0
+    if not first_layer_input_needs_grad(spec):
+        if not arch.tie_word_embeddings and emb > threshold:
+            after_fwd += emb * weight_bytes
+        linears = layer_linears(arch)
+        qkv = (linears[q].weight_numel for q in ("q_proj", "k_proj", "v_proj"))
+        after_fwd += sum(numel * weight_bytes for numel in qkv if numel > threshold)
+    head = 0 if arch.tie_word_embeddings or emb <= threshold else emb * weight_bytes
+    return after_fwd, head
+
+
+def offloaded_optimizer_bytes_per_elem(zero_stage: int, grad_bytes: int) -> int:
+    """Host bytes per trainable element with the optimizer offloaded (DeepSpeed ZeRO-Offload,
+    Ren et al. 2021, §4; DeepSpeedCPUAdam): the fp32 master (4), two fp32 Adam moments (8) and
+    the fp32 gradient (4); ZeRO-3 also pins its 16-bit gradient partition buffer on the host
+    (stage3.py ``grad_partitions_flat_buffer``, ``grad_bytes`` per element)."""
+    return 4 + 8 + 4 + (grad_bytes if zero_stage == 3 else 0)
 
 
 def zero3_module_calls(arch: Architecture, spec: TrainingSpec) -> tuple[int, int]:

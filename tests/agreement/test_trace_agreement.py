@@ -17,7 +17,7 @@ import pytest
 
 from planner.calibration import agreement
 from planner.catalog import data_dir
-from planner.estimate import memory
+from planner.estimate import memo, memory
 from planner.formulas import activations as act
 from planner.formulas import flops as fl
 from planner.schema.records import read_measurements
@@ -75,13 +75,13 @@ PERTURBATIONS = {
     "moments inside a layer's backward": (act, "layer_backward_moments"),
     "optimizer state bytes": (memory, "optimizer_state_bytes"),
     "optimizer step scratch": (memory, "optimizer_step_temp_bytes"),
-    "FSDP2 gathered and buffered bytes": (memory, "_fsdp2_terms"),
+    "FSDP2 gathered and buffered bytes": (memory, "fsdp2_terms"),
     "step FLOPs": (fl, "_layer"),
 }
 #: Terms that are small next to every committed record's phase (a few percent of it): 10 % on
 #: them stays inside the tolerances, so they are only pinned at +-50 %. Records that would pin
 #: them tighter need smaller models or longer sequences than the catalog's. Not pinned at all:
-#: ``memory._layer_grad_bytes`` (the gradients one layer has made so far at a backward moment,
+#: ``memory.layer_grad_bytes`` (the gradients one layer has made so far at a backward moment,
 #: under 1 % of any record's gradients; -50 % goes unnoticed).
 MINOR_TERMS = {
     "end of a checkpointed re-run": (act, "recompute_end_bytes"),
@@ -94,7 +94,7 @@ CASES += [(name, term, f) for name, term in MINOR_TERMS.items() for f in (1.5, 0
 
 @pytest.mark.parametrize("name, term, factor", CASES, ids=[f"{n} {f - 1:+.0%}" for n, _, f in CASES])
 def test_agreement_fails_when_a_planner_term_is_off(name, term, factor, monkeypatch):
-    monkeypatch.setattr(memory, "_MEMO", {})  # no per-setup values cached before the perturbation
+    monkeypatch.setattr(memo, "_MEMO", {})  # no per-setup values cached before the perturbation
     module, attr = term
     original = getattr(module, attr)
     monkeypatch.setattr(module, attr, lambda *a, **k: _scaled(original(*a, **k), factor))
