@@ -24,6 +24,7 @@ from planner.errors import PlannerError
 from planner.formulas.zero import persistence_threshold_elems, prefetch_bucket_elems, reduce_bucket_elems
 from planner.schema.catalog import Architecture
 from planner.schema.spec import LAYER_LINEARS, TrainingSpec
+from planner.units import GIGA
 
 #: What ``emit`` writes, in order.
 FILES = ("ds_config.json", "adapter_config.json", "accelerate_config.yaml", "launch.sh", "run_spec.json")
@@ -73,7 +74,7 @@ def deepspeed_config(arch: Architecture, spec: TrainingSpec) -> dict[str, Any]:
         "gradient_accumulation_steps": spec.grad_accum,
         "zero_optimization": zero,
         "optimizer": {"type": optimizer, "params": params},
-        "steps_per_print": 10**9,
+        "steps_per_print": GIGA,  # practically never (every 10**9 steps): no DeepSpeed step log
         "wall_clock_breakdown": False,
     }
     if spec.precision in ("bf16-mixed", "bf16"):

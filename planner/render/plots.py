@@ -18,14 +18,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from planner.errors import PlannerError
+from planner.schema.memory import GPU_PHASES as PHASES
+from planner.units import GIB, MIB
 
 if TYPE_CHECKING:
     from planner.schema.plan import Plan
     from planner.search import Row
 
-GIB = 2**30
-#: categories in stacking order, with their colours (colour-blind safe, Okabe-Ito)
-CATEGORIES = (
+#: The stacked bars: each category's ``--json`` key (``schema.memory.CATEGORIES`` in order), then
+#: the overhead, with a label and a colour (colour-blind safe, Okabe-Ito).
+STACK = (
     ("parameters_bytes", "parameters", "#0072B2"),
     ("gradients_bytes", "gradients", "#E69F00"),
     ("optimizer_states_bytes", "optimizer states (fp32 master, moments)", "#009E73"),
@@ -33,7 +35,6 @@ CATEGORIES = (
     ("temporaries_bytes", "temporaries (buckets, gathers, scratch)", "#56B4E9"),
     ("overhead_bytes", "allocator reserve + CUDA context", "#BBBBBB"),
 )
-PHASES = ("forward", "backward", "optimizer_step", "checkpoint_save")
 
 
 def _pyplot() -> Any:
@@ -70,7 +71,7 @@ def _title(p: Plan) -> str:
 
 def _stack(ax: Any, x: Sequence[float], splits: Sequence[dict[str, int]], width: float = 0.6) -> None:
     bottom = [0.0] * len(x)
-    for key, label, colour in CATEGORIES:
+    for key, label, colour in STACK:
         heights = [sp.get(key, 0) / GIB for sp in splits]
         ax.bar(x, heights, width, bottom=bottom, label=label, color=colour, edgecolor="white", linewidth=0.5)
         bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
@@ -107,7 +108,7 @@ def compare_figure(plans: Sequence[Plan]) -> Any:
     plt = _pyplot()
     fig, (gpu_ax, node_ax) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [3, 2]})
     labels = [f"{p.inputs.spec.method}\n{p.inputs.hardware.instance or p.inputs.hardware.gpu}\nb={p.inputs.spec.micro_batch_size}" for p in plans]  # noqa: E501
-    splits = [{key: getattr(p.memory.per_gpu, key) for key, _, _ in CATEGORIES} for p in plans]
+    splits = [{key: getattr(p.memory.per_gpu, key) for key, _, _ in STACK} for p in plans]
     _stack(gpu_ax, range(len(plans)), splits)
     for i, p in enumerate(plans):
         cap = p.memory.gpu_capacity_bytes / GIB
@@ -171,11 +172,11 @@ def calibration_figure(points: Sequence[tuple[float, float, str]], band_rel: flo
     fig, ax = plt.subplots(figsize=(6, 6))
     groups = list(dict.fromkeys(g for _, _, g in points))
     for g in groups:
-        xs = [m / 2**20 for m, _, gg in points if gg == g]
-        ys = [p / 2**20 for _, p, gg in points if gg == g]
+        xs = [m / MIB for m, _, gg in points if gg == g]
+        ys = [p / MIB for _, p, gg in points if gg == g]
         ax.scatter(xs, ys, s=18, label=g, alpha=0.8)
-    lo = min(min(m, p) for m, p, _ in points) / 2**20 * 0.8
-    hi = max(max(m, p) for m, p, _ in points) / 2**20 * 1.25
+    lo = min(min(m, p) for m, p, _ in points) / MIB * 0.8
+    hi = max(max(m, p) for m, p, _ in points) / MIB * 1.25
     ax.plot([lo, hi], [lo, hi], color="black", linewidth=1, label="planner = measured")
     if band_rel:
         for sign in (1, -1):

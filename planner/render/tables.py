@@ -7,11 +7,13 @@ from rich.table import Table
 from rich.text import Text
 
 from planner.schema.catalog import Architecture, Gpu, Instance
+from planner.schema.memory import GPU_PHASES as PHASES
+from planner.schema.memory import HOST_PHASES, Category
 from planner.schema.plan import MAX_SEARCH_BATCH, Plan
+from planner.units import GIB, GIGA, MEGA, TERA
 
-GIB = 2**30
-PHASES = ("forward", "backward", "optimizer_step", "checkpoint_save")
-CATEGORY_LABELS = {
+#: The memory table's rows, one per category (``schema.memory.CATEGORIES``, in that order).
+CATEGORY_LABELS: dict[Category, str] = {
     "parameters": "Parameters",
     "gradients": "Gradients",
     "optimizer_states": "Optimizer states (incl. fp32 master)",
@@ -25,10 +27,10 @@ def gib(n: int | None) -> str:
 
 
 def _count(n: int) -> str:
-    if n >= 10**9:
-        return f"{n / 1e9:,.2f} B"
-    if n >= 10**6:
-        return f"{n / 1e6:,.2f} M"
+    if n >= GIGA:
+        return f"{n / GIGA:,.2f} B"
+    if n >= MEGA:
+        return f"{n / MEGA:,.2f} M"
     return f"{n:,}"
 
 
@@ -156,8 +158,8 @@ def render_plan(plan: Plan, console: Console) -> None:
     host.add_row("offloaded parameters", gib(c.offloaded_parameters_bytes))
     host.add_row("model loading spike (all ranks)", gib(c.model_load_bytes))
     host.add_row("checkpoint save spike (rank 0 gathers + serialises)", gib(c.checkpoint_save_bytes))
-    for ph in ("model_load", "train", "checkpoint_save"):
-        host.add_row(f"[bold]phase total: {ph.replace('_', ' ')}", gib(getattr(c.phase_peaks_bytes, ph)))
+    for host_ph in HOST_PHASES:
+        host.add_row(f"[bold]phase total: {host_ph.replace('_', ' ')}", gib(getattr(c.phase_peaks_bytes, host_ph)))
     console.print(host)
 
     status = (
@@ -194,7 +196,7 @@ def render_plan(plan: Plan, console: Console) -> None:
     cks.add_row("merged model", gib(ck.merged_model_bytes), f"{ck.merged_model_bytes:,}")
     console.print(cks)
     if ck.storage_bytes is not None:
-        budget = f"{ck.storage_bytes / 1e9:,.1f} GB of storage"
+        budget = f"{ck.storage_bytes / GIGA:,.1f} GB of storage"
         if ck.adapter_bytes is None:
             console.print(f"{budget} holds [bold]{ck.models_in_storage:,}[/] full fine-tuned models.")
         elif ck.storage_bytes < ck.model_weights_bytes:
@@ -375,14 +377,14 @@ def render_gpus(gpus: tuple[Gpu, ...], console: Console) -> None:
         t.add_column(col)
     for g in gpus:
         peak = g.peak_flops_per_s.get("bf16") or g.peak_flops_per_s.get("fp16") or 0
-        nv = "—" if g.nvlink_bandwidth_bytes_per_s is None else f"{g.nvlink_bandwidth_bytes_per_s / 1e9:g}"
+        nv = "—" if g.nvlink_bandwidth_bytes_per_s is None else f"{g.nvlink_bandwidth_bytes_per_s / GIGA:g}"
         t.add_row(
             g.id,
             g.name,
             ", ".join(g.aliases),
             gib(g.usable_memory_bytes),
-            f"{peak / 1e12:g}",
-            f"{g.hbm_bandwidth_bytes_per_s / 1e12:.2f}",
+            f"{peak / TERA:g}",
+            f"{g.hbm_bandwidth_bytes_per_s / TERA:.2f}",
             nv,
         )
     console.print(t)

@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from planner.schema.memory import GpuPhase, HostPhase
 from planner.schema.spec import TrainingSpec
 
 SCHEMA_VERSION = 1
@@ -83,7 +84,7 @@ class PerGpu(_Out):
     peak_allocated_bytes: int
     peak_reserved_bytes: int
     peak_bytes: int
-    peak_phase: Literal["forward", "backward", "optimizer_step", "checkpoint_save"]
+    peak_phase: GpuPhase
     phase_peaks_bytes: PhasePeaks
     phase_splits_bytes: PhaseSplits
     cuda_context_bytes: int
@@ -107,7 +108,7 @@ class HostPhasePeaks(_Out):
 
 class PerNodeCpu(_Out):
     peak_bytes: int
-    peak_phase: Literal["model_load", "train", "checkpoint_save"]
+    peak_phase: HostPhase
     process_bytes: int
     offloaded_optimizer_bytes: int
     offloaded_parameters_bytes: int

@@ -19,11 +19,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from planner.errors import PlannerError
+from planner.schema.memory import CATEGORIES as CATEGORIES  # re-exported: the harness and calibration import it from here
+from planner.schema.memory import MEASURED_PHASES, MeasuredPhase
 from planner.schema.spec import TrainingSpec
 
 SCHEMA_VERSION = 1
-CATEGORIES = ("parameters", "gradients", "optimizer_states", "activations", "temporaries")
-PHASES = ("forward", "backward", "optimizer_step")
+#: The phases a record holds (``planner.schema.memory.MEASURED_PHASES``; the harness imports this name).
+PHASES = MEASURED_PHASES
 
 
 class _Strict(BaseModel):
@@ -48,10 +50,10 @@ class StepTrace(_Strict):
     """One training step: the peak of each phase and the split at that moment (per rank)."""
 
     peak_bytes: int = Field(ge=0)
-    peak_phase: Literal["forward", "backward", "optimizer_step"]
+    peak_phase: MeasuredPhase
     at_peak_bytes: CategoryBytes
-    phase_peaks_bytes: dict[Literal["forward", "backward", "optimizer_step"], int]
-    phase_split_bytes: dict[Literal["forward", "backward", "optimizer_step"], CategoryBytes]
+    phase_peaks_bytes: dict[MeasuredPhase, int]
+    phase_split_bytes: dict[MeasuredPhase, CategoryBytes]
 
 
 class Flops(_Strict):
@@ -75,7 +77,7 @@ class TraceResult(StepTrace):
     max_rss_bytes: int = Field(ge=0)
 
 
-PhaseName = Literal["forward", "backward", "optimizer_step"]
+PhaseName = MeasuredPhase
 
 
 class RunPhase(_Strict):
