@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -102,11 +103,60 @@ def test_json_has_the_documented_keys(capsys, method):
     assert g["peak_allocated_bytes"] <= g["peak_reserved_bytes"] <= g["peak_bytes"]
 
 
-def test_readme_documents_every_contract_key():
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    for dotted in CONTRACT:
-        leaf = dotted.split(".")[-1]
-        assert leaf in readme, dotted
+DOCS_JSON = Path(__file__).parents[2] / "docs" / "json.md"
+
+
+def _documented_paths() -> list[tuple[str, ...]]:
+    """The first-column paths of docs/json.md's plan table, as key tuples: ``a.b[].c`` is
+    ``("a", "b", "[]", "c")``; ``<x>`` stands for any one key (which may itself hold a dot)."""
+    section = DOCS_JSON.read_text().split("\n## A plan", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    paths = []
+    for line in rows:
+        cell = line.split("|")[1].strip()
+        assert re.fullmatch(r"`[^`]+`", cell), f"one backticked path per row: {line}"
+        parts: list[str] = []
+        for word in cell.strip("`").split("."):
+            key, lists = re.fullmatch(r"([^\[\]]+)((?:\[\])*)", word).groups()  # type: ignore[union-attr]
+            parts += [key] + ["[]"] * (len(lists) // 2)
+        paths.append(tuple(parts))
+    return paths
+
+
+def _leaf_paths(node, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    """Every leaf of a JSON value: keys as they are, ``[]`` for a list's elements (an empty
+    list, or a list of scalars, is the leaf ``key[]``)."""
+    if isinstance(node, dict) and node:
+        return set().union(*(_leaf_paths(v, (*prefix, k)) for k, v in node.items()))
+    if isinstance(node, list):
+        items = [_leaf_paths(v, (*prefix, "[]")) for v in node]
+        return set().union({(*prefix, "[]")} if not node else set(), *items)
+    return {prefix}
+
+
+def _dotted(path: tuple[str, ...]) -> str:
+    return ".".join(path).replace(".[]", "[]")
+
+
+def _matches(pattern: tuple[str, ...], path: tuple[str, ...]) -> bool:
+    return len(pattern) == len(path) and all(
+        p == k or (p.startswith("<") and p.endswith(">") and k != "[]") for p, k in zip(pattern, path, strict=True)
+    )
+
+
+def test_docs_json_documents_every_key_and_only_real_keys(capsys):
+    """docs/json.md's plan table is the --json contract: every path it names is a leaf of a real
+    plan, and every leaf of real full, LoRA and QLoRA plans has exactly one row."""
+    documented = _documented_paths()
+    assert len(documented) == len(set(documented)), "a path is documented twice"
+    real: set[tuple[str, ...]] = set()
+    for method in ("full", "lora", "qlora"):
+        real |= _leaf_paths(plan_json(capsys, "--model", "13b", "--method", method, "--instance", "p4de.24xlarge"))
+    for pattern in documented:
+        assert any(_matches(pattern, path) for path in real), f"docs/json.md names a key no plan has: {_dotted(pattern)}"
+    for path in sorted(real):
+        rows = [p for p in documented if _matches(p, path)]
+        assert len(rows) == 1, f"{_dotted(path)} is documented by {len(rows)} rows of docs/json.md (want 1)"
 
 
 def test_gpu_and_count_instead_of_instance(capsys):
