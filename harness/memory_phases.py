@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-CATEGORIES = ("parameters", "gradients", "optimizer_states", "activations", "temporaries")
+from planner.schema.memory import CATEGORIES
 
 
 def _ptr(t: torch.Tensor) -> int:

@@ -67,11 +67,12 @@ from harness.golden import quiet as _quiet
 from planner.errors import PlannerError
 from planner.formulas.dtypes import adapter_dtype
 from planner.schema.catalog import Architecture
+from planner.schema.memory import CATEGORIES, MEASURED_PHASES
 from planner.schema.spec import TrainingSpec
 
 aten = torch.ops.aten
 TOOL = "harness trace: FakeTensorMode + MemTracker + FlopCounterMode (torch.distributed._tools)"
-PHASES = ("forward", "backward", "optimizer_step")
+PHASES = MEASURED_PHASES
 #: MemTracker's reference types mapped onto the planner's categories (buffers count as parameters).
 CATEGORY_OF = {
     _MemRefType.PARAM: "parameters",
@@ -82,7 +83,6 @@ CATEGORY_OF = {
     _MemRefType.TEMP: "temporaries",
     _MemRefType.OTH: "temporaries",
 }
-CATEGORIES = ("parameters", "gradients", "optimizer_states", "activations", "temporaries")
 TORCH_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 _FLOP_FORMULAS_REGISTERED = False

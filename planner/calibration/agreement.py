@@ -27,6 +27,7 @@ from planner.estimate.memory import gpu_memory
 from planner.formulas.flops import step_flops
 from planner.schema.calibration import Calibration
 from planner.schema.catalog import Gpu
+from planner.schema.memory import MEASURED_PHASES
 from planner.schema.records import CATEGORIES, Measurement, RunResult, TraceResult
 
 # -- traces (``compare``; tests/agreement/test_trace_agreement.py, tests/harness/test_trace_live.py)
@@ -78,7 +79,7 @@ def compare(m: Measurement, cal: Calibration | None = None) -> list[Row]:
     pred = gpu_memory(arch, m.spec, cal)
     res = m.result
     rows: list[Row] = []
-    for phase in ("forward", "backward", "optimizer_step"):
+    for phase in MEASURED_PHASES:
         meas = res.phase_split_bytes.get(phase)
         if meas is None:
             continue

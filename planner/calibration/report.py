@@ -31,6 +31,7 @@ from planner.calibration.agreement import Row, compare, compare_run, device_cali
 from planner.calibration.published import compare_published, published_measurements
 from planner.catalog import data_dir
 from planner.render.tables import render_agreement
+from planner.schema.memory import MEASURED_PHASES
 from planner.schema.records import PublishedResult, RunResult, read_measurements
 from planner.units import gib, mib
 
@@ -38,7 +39,7 @@ from planner.units import gib, mib
 WIDTH = 150
 TOKENS = "tokens_per_s_per_gpu"
 MEMORY = "peak_memory_bytes_per_gpu"
-PHASES = ("forward", "backward", "optimizer_step")
+PHASES = MEASURED_PHASES
 
 
 @dataclass(frozen=True)
