@@ -140,7 +140,9 @@ class PublishedResult(_Strict):
     context and library workspaces)."""
 
     source: str = Field(description="Citation: repository file @ commit, URL or paper section.")
-    source_id: str = Field(description="The point's id in data/published/*.json (and in the reference list, data/published/reference.json).")
+    source_id: str = Field(
+        description="The point's id in data/published/*.json (and in the reference list, data/published/reference.json)."
+    )
     source_model: str = Field(description="The model as the source names it (what actually ran).")
     gpu: str = Field(description="A Gpu.id in data/gpus.json.")
     instance: str | None = Field(default=None, description="An Instance.id in data/instances.json, when the source names one.")
