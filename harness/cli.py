@@ -42,9 +42,10 @@ def _group() -> None:
 
 def trace_spec(arch: Architecture, **kw: Any) -> TrainingSpec:
     """The spec a trace measures: one GPU without ZeRO or offload, or with ``world_size`` > 1 one
-    FSDP2 rank; batches are unpadded (no attention mask). Validated like ``plan``'s options."""
+    FSDP2 rank; batches are unpadded (no attention mask). Validated like ``plan``'s options; what
+    ``kw`` leaves out takes ``plan``'s default (micro batch 8, sequence 512)."""
     world = kw.pop("world_size", 1)
-    method, batch = kw.pop("method"), kw.pop("micro_batch_size")
+    method, batch = kw.pop("method"), kw.pop("micro_batch_size", int(DEFAULT.batch_size))
     kw.setdefault("padding_mask", False)
     if world > 1:
         kw.setdefault("sharding", "fsdp2")

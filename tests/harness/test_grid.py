@@ -54,3 +54,18 @@ def test_bad_grid_files_are_one_line_errors_that_say_where(tmp_path, text, messa
 def test_an_unknown_grid_name_lists_the_known_ones():
     with pytest.raises(PlannerError, match="known grids: ci, cpu"):
         load_grid("nope")
+
+
+def test_every_spec_of_the_trace_grid_is_a_committed_record():
+    """``python -m harness.trace_grid`` resumes with nothing to do: each of its 38 specs (a block
+    that leaves out the micro batch takes plan's 8) is one of data/measurements/trace's records."""
+    from harness.cli import trace_spec
+    from harness.trace_grid import extra_grid, fsdp_grid, single_gpu_grid
+    from planner.catalog import data_dir, find_model
+    from planner.schema.records import read_measurements
+
+    done = {(m.model, m.spec) for m in read_measurements(data_dir() / "measurements" / "trace")}
+    jobs = single_gpu_grid(["llama-2-7b", "llama-2-13b", "llama-2-70b"]) + extra_grid() + fsdp_grid(["llama-2-7b", "llama-2-70b"])
+    specs = [(model, trace_spec(find_model(model), **kw)) for model, kw in jobs]
+    assert len(specs) == 38 and all(s in done for s in specs)
+    assert {s.micro_batch_size for m, s in specs if m == "llama-3.2-1b"} == {8, 1, 2}
