@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -283,26 +284,27 @@ def calibration_path(name: str) -> Path:
 
 def load_calibration(name: str = "default") -> Calibration:
     """A calibration by name or path; ``auto`` (no GPU known) is ``default``. Cached by the
-    file's resolved path, size and modification time, so a changed file or data folder
-    (``PLANNER_DATA_DIR``) is read again."""
+    file's absolute path, size and modification time, so a changed file or data folder
+    (``PLANNER_DATA_DIR``) is read again (one ``stat`` per call, no read)."""
     if name == "auto":
         name = "default"
-    path = calibration_path(name)
+    if name.endswith(".json") or "/" in name:
+        where = os.path.abspath(name)
+    else:
+        where = os.path.join(os.environ.get("PLANNER_DATA_DIR") or _bundled_data_dir(), "calibration", f"{name}.json")
     try:
-        st = path.stat()
+        st = os.stat(where)
     except OSError:
         st = None
-    if st is None or not path.is_file():
+    if st is None or not S_ISREG(st.st_mode):
         known = ", ".join(sorted(p.stem for p in (data_dir() / "calibration").glob("*.json")))
-        raise PlannerError(f"no calibration {name!r} ({path}); known: {known}, or a path to a .json file")
-    return _load_calibration(name, path.resolve(), st.st_size, st.st_mtime_ns, data_dir().resolve())
+        raise PlannerError(f"no calibration {name!r} ({calibration_path(name)}); known: {known}, or a path to a .json file")
+    return _load_calibration(name, where, st.st_size, st.st_mtime_ns)
 
 
 @cache
-def _load_calibration(name: str, path: Path, size: int, mtime_ns: int, folder: Path) -> Calibration:
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in (data_dir() / "calibration").glob("*.json")))
-        raise PlannerError(f"no calibration {name!r} ({path}); known: {known}, or a path to a .json file")
+def _load_calibration(name: str, where: str, size: int, mtime_ns: int) -> Calibration:
+    path = calibration_path(name)
     raw = read_data_json(path)
     if not isinstance(raw, dict):
         raise PlannerError(f"{path}: expected a calibration object, got {type(raw).__name__}")

@@ -1,8 +1,8 @@
-"""The ``plan`` command line (``planner.cli.app``); ``main`` is the console entry point."""
+"""The ``plan`` command line (``planner.cli.commands``); ``main`` is the console entry point."""
 
 from __future__ import annotations
 
-from planner.cli.app import app, main, run_cli
+from planner.cli.commands import app, main, run_cli
 from planner.cli.options import given_on_command_line
 
 __all__ = ["app", "given_on_command_line", "main", "run_cli"]

@@ -2,6 +2,6 @@
 
 import sys
 
-from planner.cli.app import main
+from planner.cli.commands import main
 
 sys.exit(main())
