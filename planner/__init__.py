@@ -19,11 +19,16 @@ threads. Bad input raises ``PlannerError`` with the command line's one-line mess
 
 from __future__ import annotations
 
-from planner.api import CompareRow, Row, cheapest, compare, plan, sweep
+from typing import TYPE_CHECKING, Any
+
+from planner.api import cheapest, compare, plan, sweep
 from planner.errors import PlannerError
 from planner.schema.plan import Plan
 from planner.schema.request import PlanRequest
 from planner.schema.spec import DeepSpeedConfig, TrainingSpec
+
+if TYPE_CHECKING:
+    from planner.search import CompareRow, Row
 
 __version__ = "0.1.0"
 __all__ = [
@@ -40,3 +45,13 @@ __all__ = [
     "plan",
     "sweep",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``Row`` and ``CompareRow`` (``planner.search``), imported when first asked for: a single
+    plan does not load the searches."""
+    if name in ("Row", "CompareRow"):
+        from planner import search
+
+        return getattr(search, name)
+    raise AttributeError(f"module 'planner' has no attribute {name!r}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from planner import catalog
 from planner.errors import PlannerError
@@ -24,10 +24,12 @@ from planner.schema.catalog import Architecture, Gpu, Instance
 from planner.schema.plan import Plan
 from planner.schema.request import DEEPSPEED_KNOBS, FIELD_OPTION, PlanRequest
 from planner.schema.spec import TrainingSpec, parse_targets
-from planner.search import CompareRow, Job, Row, cheapest_rows, compare_rows, sweep_rows
 from planner.units import GIGA
 
-__all__ = ["CompareRow", "Planned", "PlanRequest", "Row", "cheapest", "compare", "plan", "request", "resolve", "sweep"]
+if TYPE_CHECKING:  # the searches are imported when one runs (one plan needs none of them)
+    from planner.search import CompareRow, Job, Row
+
+__all__ = ["Planned", "PlanRequest", "cheapest", "compare", "plan", "request", "resolve", "sweep"]
 
 
 def request(first: str | PlanRequest | None, options: dict[str, Any], first_name: str = "model") -> PlanRequest:
@@ -243,6 +245,8 @@ def compare(model: str | PlanRequest | None = None, /, **options: Any) -> list[C
     c = _common(req)
     arch, spec, _, _, instance = _setup(req, c, compare=True)
     info = {"settings_sources": _sources(c, spec), "settings_ignored": c.merged.ignored if c.merged else []}
+    from planner.search import compare_rows
+
     return compare_rows(
         arch, spec, c.fields, req.gpu, c.gpus, req.instances or instance, req.methods, req.calibration, c.tokens, req.epochs,
         _storage_bytes(req), info,
@@ -250,6 +254,8 @@ def compare(model: str | PlanRequest | None = None, /, **options: Any) -> list[C
 
 
 def _job(req: PlanRequest, c: _Common) -> Job:
+    from planner.search import Job
+
     return Job(fields=c.fields, batch=c.batch_size, dataset_tokens=c.tokens, epochs=req.epochs, calibration=req.calibration)
 
 
@@ -267,6 +273,8 @@ def sweep_request(req: PlanRequest) -> list[Row]:
     c = _common(req)
     if req.instances and req.gpu:
         raise PlannerError("give --instance (a list in sweep) or --gpu, not both")
+    from planner.search import sweep_rows
+
     return sweep_rows(_job(req, c), req.models or req.model, req.methods, req.instances, req.gpu, c.gpus)
 
 
@@ -283,4 +291,6 @@ def cheapest_request(req: PlanRequest) -> list[Row]:
         raise PlannerError("give --instance (a list in sweep) or --gpu, not both")
     if req.instance or req.instances:
         raise PlannerError("`plan cheapest` searches every catalog instance; drop --instance (use --gpu to keep one GPU type)")
+    from planner.search import cheapest_rows
+
     return cheapest_rows(_job(req, c), req.model, req.method, req.max_nodes, gpu=req.gpu)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from planner.cli.commands import app, main, run_cli
+from planner.cli.commands import full_app, main, run_cli
 from planner.cli.options import given_on_command_line
 
-__all__ = ["app", "given_on_command_line", "main", "run_cli"]
+__all__ = ["full_app", "given_on_command_line", "main", "run_cli"]

@@ -7,13 +7,14 @@ over ``planner.api``; tables and pictures are ``planner.render``.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import typer
 
-from planner.cli import cheapest, compare, listing, plan_cmd, sweep
+from planner.cli import plan_cmd
 from planner.errors import PlannerError
 
 _SETTINGS: dict[str, Any] = {
@@ -22,26 +23,35 @@ _SETTINGS: dict[str, Any] = {
     "rich_markup_mode": None,
     "context_settings": {"help_option_names": ["-h", "--help"]},
 }
-#: The commands besides ``plan`` itself.
-COMMANDS: dict[str, Callable[..., Any]] = {
-    "compare": compare.compare,
-    "sweep": sweep.sweep,
-    "cheapest": cheapest.cheapest,
-    "list": listing.list_catalog,
+#: The commands besides ``plan`` itself: name -> (module in planner.cli, function), imported
+#: when run or listed.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "compare": ("compare", "compare"),
+    "sweep": ("sweep", "sweep"),
+    "cheapest": ("cheapest", "cheapest"),
+    "list": ("listing", "list_catalog"),
 }
 
-#: ``plan`` with every command (``plan --help`` lists them).
-app = typer.Typer(
-    invoke_without_command=True,
-    help=(
-        "Plan the memory, time and cost of fine-tuning an LLM before renting GPUs. "
-        "`plan --model ... --instance ...` plans one job; the commands below compare, sweep and search."
-    ),
-    **_SETTINGS,
-)
-app.callback(invoke_without_command=True)(plan_cmd.plan)
-for _name, _command in COMMANDS.items():
-    app.command(_name)(_command)
+
+def command(name: str) -> Callable[..., Any]:
+    module, function = COMMANDS[name]
+    return getattr(importlib.import_module(f"planner.cli.{module}"), function)  # type: ignore[no-any-return]
+
+
+def full_app() -> typer.Typer:
+    """``plan`` with every command (``plan --help`` lists them)."""
+    app = typer.Typer(
+        invoke_without_command=True,
+        help=(
+            "Plan the memory, time and cost of fine-tuning an LLM before renting GPUs. "
+            "`plan --model ... --instance ...` plans one job; the commands below compare, sweep and search."
+        ),
+        **_SETTINGS,
+    )
+    app.callback(invoke_without_command=True)(plan_cmd.plan)
+    for name in COMMANDS:
+        app.command(name)(command(name))
+    return app
 
 
 def _one(command: Callable[..., Any]) -> typer.Typer:
@@ -57,10 +67,10 @@ def app_for(argv: list[str]) -> tuple[typer.Typer, str]:
     ``compare`` as ``plan compare``; options only are one plan), or every command for
     ``plan --help`` and what is no command."""
     if argv and argv[0] in COMMANDS:
-        return _one(COMMANDS[argv[0]]), f"plan {argv[0]}"
+        return _one(command(argv[0])), f"plan {argv[0]}"
     if not argv or argv[0].startswith("-") and not {"-h", "--help"} & set(argv):
         return _one(plan_cmd.plan), "plan"
-    return app, "plan"
+    return full_app(), "plan"
 
 
 def run_cli(typer_app: typer.Typer, prog: str, argv: list[str] | None, prog_name: str | None = None) -> int:

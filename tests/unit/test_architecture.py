@@ -90,7 +90,7 @@ ALLOWED = {
     "render": {"schema", "catalog", "formulas", "search"},
     "cli": {"schema", "estimate", "catalog", "formulas", "search", "configs", "api", "render"},
     "calibration": {"schema", "estimate", "catalog", "formulas", "configs", "render", "calibration", "api"},
-    "__init__": {"api", "schema", "errors"},
+    "__init__": {"api", "schema", "errors", "search"},
 }
 
 
