@@ -291,7 +291,7 @@ def load_calibration(name: str = "default") -> Calibration:
     if name.endswith(".json") or "/" in name:
         where = os.path.abspath(name)
     else:
-        where = os.path.join(os.environ.get("PLANNER_DATA_DIR") or _bundled_data_dir(), "calibration", f"{name}.json")
+        where = _named_calibration_path(name, os.environ.get("PLANNER_DATA_DIR") or "")
     try:
         st = os.stat(where)
     except OSError:
@@ -300,6 +300,11 @@ def load_calibration(name: str = "default") -> Calibration:
         known = ", ".join(sorted(p.stem for p in (data_dir() / "calibration").glob("*.json")))
         raise PlannerError(f"no calibration {name!r} ({calibration_path(name)}); known: {known}, or a path to a .json file")
     return _load_calibration(name, where, st.st_size, st.st_mtime_ns)
+
+
+@cache
+def _named_calibration_path(name: str, env_data_dir: str) -> str:
+    return os.path.join(env_data_dir or _bundled_data_dir(), "calibration", f"{name}.json")
 
 
 @cache
