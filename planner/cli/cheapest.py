@@ -26,7 +26,7 @@ def cheapest(ctx: typer.Context, **values: Any) -> None:
     and rank them by dollars per epoch: the cheapest that fits first."""
     if values["emit"] is not None:
         raise PlannerError("--emit writes the configs of one plan; drop it from `plan cheapest`")
-    req = PlanRequest.parse(given(ctx, values))
+    req = PlanRequest.given(given(ctx, values))
     if values["plot"] is not None and not (req.instance or req.instances):
         raise PlannerError("--plot goes with plan, `plan compare` and `plan sweep`")
     rows = api.cheapest(req)

@@ -21,7 +21,7 @@ def compare(ctx: typer.Context, **values: Any) -> None:
     dollars per epoch, at the given micro batch and at the largest that fits."""
     if values["emit"] is not None:
         raise PlannerError("--emit writes the configs of one plan; drop it from `plan compare`")
-    rows = api.compare(PlanRequest.parse(given(ctx, values)))
+    rows = api.compare(PlanRequest.given(given(ctx, values)))
     if values["plot"] is not None:
         from planner.render.plots import compare_figure, save
 

@@ -15,8 +15,8 @@ import typer
 
 from planner.schema.request import PlanRequest
 
-#: The defaults, for a command's signature (``PlanRequest()`` is a valid request).
-DEFAULT = PlanRequest()
+#: The defaults, for a command's signature (``PlanRequest()``, without building its validator).
+DEFAULT = PlanRequest.model_construct()
 
 
 def _is_choice(annotation: Any) -> bool:

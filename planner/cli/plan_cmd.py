@@ -28,7 +28,7 @@ def plan(ctx: typer.Context, **values: Any) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    req = PlanRequest.parse(given(ctx, values))
+    req = PlanRequest.given(given(ctx, values))
     done = api.planned(req)
     result = done.plan
     if values["emit"] is not None:

@@ -30,7 +30,7 @@ def sweep(ctx: typer.Context, **values: Any) -> None:
     table, cheapest per epoch first; rows that do not fit say why."""
     if values["emit"] is not None:
         raise PlannerError("--emit writes the configs of one plan; drop it from `plan sweep`")
-    rows = api.sweep(PlanRequest.parse(given(ctx, values)))
+    rows = api.sweep(PlanRequest.given(given(ctx, values)))
     if values["plot"] is not None:
         from planner.render.plots import save, sweep_figure
 

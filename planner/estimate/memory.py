@@ -11,6 +11,7 @@ offloaded, and the spikes of loading the model and of saving a checkpoint.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from planner.estimate.memo import per_setup
 from planner.formulas import activations as act
@@ -64,8 +65,7 @@ class GpuMemory:
         return self.peak_reserved_bytes + self.cuda_context_bytes
 
 
-@dataclass(frozen=True)
-class HostMemory:
+class HostMemory(NamedTuple):
     process_bytes: int
     offloaded_optimizer_bytes: int
     offloaded_parameters_bytes: int

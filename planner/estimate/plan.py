@@ -223,7 +223,7 @@ def build_plan(
         calibrated=all(cal.coefficients[k].calibrated for k in TIME_COEFFICIENTS),
         tokens_per_s_error_rel=cal.band(THROUGHPUT_RESIDUAL),
     )
-    time_and_cost = TimeCost(**vars(tc))
+    time_and_cost = TimeCost(**tc._asdict())
     return Plan(
         inputs=Inputs(model=arch.name, hf_id=arch.hf_id, spec=spec, hardware=hardware),
         throughput=throughput,

@@ -24,7 +24,7 @@ Every coefficient is named in the calibration file and reported with the plan.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from planner.estimate.memo import per_setup
 from planner.formulas import params as prm
@@ -42,8 +42,7 @@ from planner.units import MEGA, ceil_div
 SEED_DATASET_SAMPLES = 7473
 
 
-@dataclass(frozen=True)
-class Timing:
+class Timing(NamedTuple):
     compute_s: float  # per optimizer step, all micro-steps
     communication_s: float  # exposed (not hidden behind compute)
     offload_s: float
@@ -167,8 +166,7 @@ def step_timing(arch: Architecture, spec: TrainingSpec, pc: ParamCounts, gpu: Gp
     )
 
 
-@dataclass(frozen=True)
-class TimeCost:
+class TimeCost(NamedTuple):
     dataset_tokens: int  # one epoch
     epochs: float
     seconds_per_epoch: float

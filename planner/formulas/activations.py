@@ -14,8 +14,8 @@ NB: tensors below ~1 MiB (RoPE cos/sin, position ids, per-row norm statistics) a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 from planner.formulas.dtypes import Dtypes, adapter_bytes_per_elem
 from planner.formulas.params import layer_linears, vocab
@@ -25,8 +25,7 @@ from planner.schema.spec import LAYER_LINEARS, TrainingSpec
 MASK_BYTES = 1  # torch.bool dropout mask kept by native_dropout's backward
 
 
-@dataclass(frozen=True)
-class Saved:
+class Saved(NamedTuple):
     """One saved (or transient) tensor: what it is and its bytes for the whole micro batch."""
 
     name: str
@@ -279,8 +278,7 @@ def _stage_of_name(name: str) -> int:
     return LAYER_STAGES.index(prefix) if prefix in LAYER_STAGES else -1
 
 
-@dataclass(frozen=True)
-class BackwardMoment:
+class BackwardMoment(NamedTuple):
     """A moment inside one decoder layer's backward: which saved tensors are already freed
     (stages from ``freed_from`` on) and the activation gradients alive then (``temporaries``)."""
 

@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from planner.formulas import params as prm
 from planner.formulas.dtypes import PRECISIONS, adapter_bytes_per_elem, optimizer_state_bytes
@@ -21,8 +21,7 @@ from planner.schema.catalog import Architecture
 from planner.schema.spec import TrainingSpec
 
 
-@dataclass(frozen=True)
-class AdapterBytes:
+class AdapterBytes(NamedTuple):
     lora_bytes: int
     modules_to_save_bytes: int
     embedding_layers_bytes: int

@@ -8,7 +8,7 @@ composition (``planner.estimate.memory``) divides by the ranks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from planner.formulas import params as prm
 from planner.formulas.dtypes import adapter_bytes_per_elem, spec_dtypes
@@ -18,8 +18,7 @@ from planner.schema.catalog import Architecture
 from planner.schema.spec import LAYER_LINEARS, TrainingSpec
 
 
-@dataclass(frozen=True)
-class ParamCounts:
+class ParamCounts(NamedTuple):
     total: int  # every parameter the training process holds (base + adapters + copies)
     trainable: int
     frozen: int

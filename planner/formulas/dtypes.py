@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from planner.schema.spec import Optimizer, TrainingSpec
 from planner.units import ceil_div
 
 
-@dataclass(frozen=True)
-class Dtypes:
+class Dtypes(NamedTuple):
     weight: int  # model parameters as held by the module
     grad: int  # parameter gradients as produced by backward
     master: int  # extra fp32 copy of trainable weights kept by the optimizer (0 if none)

@@ -26,15 +26,14 @@ Which gradients autograd computes follows from ``requires_grad``:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from planner.formulas.params import layer_linears, vocab
 from planner.schema.catalog import Architecture
 from planner.schema.spec import TrainingSpec
 
 
-@dataclass(frozen=True)
-class StepFlops:
+class StepFlops(NamedTuple):
     forward: int
     backward: int
 

@@ -10,7 +10,7 @@ reduce-scattered in the reduce dtype. Checked against the FSDP2 traces (records 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from planner.formulas import params as prm
 from planner.formulas.dtypes import spec_dtypes
@@ -18,8 +18,7 @@ from planner.schema.catalog import Architecture
 from planner.schema.spec import LAYER_LINEARS, TrainingSpec
 
 
-@dataclass(frozen=True)
-class Fsdp2Terms:
+class Fsdp2Terms(NamedTuple):
     """What FSDP2 gathers and buffers on one rank (bytes): the root group (embeddings, final
     norm, lm_head) and one decoder layer unsharded in the compute dtype, one layer's gradients in
     the reduce dtype for the reduce-scatter, and the root's gradients held unsharded through

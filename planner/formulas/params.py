@@ -9,16 +9,15 @@ transformers and peft build (``harness/golden.py``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 from planner.schema.catalog import Architecture
 from planner.schema.spec import LAYER_LINEARS, TrainingSpec
 from planner.units import ceil_div
 
 
-@dataclass(frozen=True)
-class LinearShape:
+class LinearShape(NamedTuple):
     in_features: int
     out_features: int
     bias: bool

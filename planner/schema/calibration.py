@@ -5,8 +5,6 @@ Each coefficient says where its value comes from and whether it was fitted to ou
 measurements (``calibrated``) or is a cited default. Plans report which is which.
 """
 
-from __future__ import annotations
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 

@@ -4,8 +4,6 @@ Bytes are ``int``; rates carry their unit in the name (``_bytes_per_s``, ``_flop
 Vendor "GB" figures stay strings in ``notes``; nothing here is in GiB.
 """
 
-from __future__ import annotations
-
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -54,7 +52,7 @@ class Gpu(Source):
     notes: str | None = None
 
     @model_validator(mode="after")
-    def _usable_below_board(self) -> Gpu:
+    def _usable_below_board(self) -> "Gpu":
         if self.usable_memory_bytes > self.memory_bytes:
             raise ValueError(f"{self.id}: usable memory exceeds board memory")
         if "bf16" not in self.peak_flops_per_s and "fp16" not in self.peak_flops_per_s:
@@ -112,7 +110,7 @@ class Architecture(BaseModel):
     max_position_embeddings: int | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
-    def _shapes_consistent(self) -> Architecture:
+    def _shapes_consistent(self) -> "Architecture":
         if self.head_dim is None and self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "

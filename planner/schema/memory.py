@@ -21,8 +21,7 @@ is internal and converts to and from them through the two helpers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Protocol, get_args
+from typing import Literal, NamedTuple, Protocol, get_args
 
 #: Where live tensor bytes are counted, as PyTorch's ``MemTracker``
 #: (``torch.distributed._tools.mem_tracker``) splits them: module parameters (buffers with
@@ -64,8 +63,7 @@ class HasCategories(Protocol):
     def temporaries(self) -> int: ...
 
 
-@dataclass(frozen=True)
-class Split:
+class Split(NamedTuple):
     """Bytes on one GPU by category at one moment of a step (see the module docstring)."""
 
     parameters: int = 0

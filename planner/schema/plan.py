@@ -4,8 +4,6 @@ Add keys freely, never rename or drop them (``docs/json.md``). Shapes only: the 
 composed in ``planner.estimate.plan.build_plan``.
 """
 
-from __future__ import annotations
-
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field

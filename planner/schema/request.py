@@ -13,8 +13,6 @@ defaults, or what a configuration file (``--deepspeed``/``--peft``/``--accelerat
 ``TrainingSpec`` the formulas read (``TrainingSpec`` is ``planner/schema/spec.py``).
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -47,7 +45,10 @@ class PlanRequest(BaseModel):
     gradient checkpointing, bf16 mixed precision, AdamW, LoRA r 8 / alpha 16 / dropout 0.05 on
     all linear layers)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    #: ``defer_build``: the validator is built on the first ``parse``. The command line, whose
+    #: parser has already checked every value against these same declarations, never needs it
+    #: (``given``), and a plan's start-up skips building it.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     model: str | None = option(None, "--model", "-m", help="Alias (7b, 13b, 70b = Llama 2), catalog name, HF id, or path to a config.json.")
     method: Method = option("lora", "--method")
@@ -161,7 +162,14 @@ class PlanRequest(BaseModel):
         return cls.flags(name)[0].split("/")[0]
 
     @classmethod
-    def parse(cls, values: dict[str, Any], where: str = "") -> PlanRequest:
+    def given(cls, values: dict[str, Any]) -> "PlanRequest":
+        """A request from values the command line has parsed and checked already (types,
+        ranges and choices: its options are built from these fields), not validated again;
+        ``model_fields_set`` is what was given."""
+        return cls.model_construct(**values)
+
+    @classmethod
+    def parse(cls, values: dict[str, Any], where: str = "") -> "PlanRequest":
         """A request from keyword values (``None`` means not given); bad input is one
         ``PlannerError`` worded as the command line words it."""
         given = {k: v for k, v in values.items() if v is not None}

@@ -5,8 +5,6 @@ micro batch 8, DeepSpeed ZeRO-3 with the optimizer offloaded to CPU, gradient ch
 bf16 mixed precision, AdamW, LoRA r=8 / alpha 16 / dropout 0.05 on all linear layers.
 """
 
-from __future__ import annotations
-
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -81,7 +79,7 @@ class TrainingSpec(BaseModel):
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
 
     @model_validator(mode="after")
-    def _consistent(self) -> TrainingSpec:
+    def _consistent(self) -> "TrainingSpec":
         if self.sharding == "fsdp2":
             fsdp = "FSDP2 (--sharding fsdp2; harness: --world-size above 1)"
             if self.zero_stage != 3 or self.offload != "none":

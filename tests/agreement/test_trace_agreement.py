@@ -53,6 +53,8 @@ def _scaled(value, factor):
         return value
     if isinstance(value, int):
         return int(value * factor)
+    if hasattr(value, "_fields"):  # a NamedTuple record (Saved, BackwardMoment, Fsdp2Terms, ...)
+        return value._replace(**{k: _scaled(getattr(value, k), factor) for k in value._fields if k in SCALED_FIELDS})
     if isinstance(value, (list, tuple)):
         return type(value)(_scaled(v, factor) for v in value)
     if dataclasses.is_dataclass(value):
