@@ -27,6 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from planner.api import spec_fields
 from planner.catalog import data_dir, find_model
 from planner.errors import PlannerError
 from planner.estimate.resolve import make_spec, positive_int
@@ -123,8 +124,6 @@ RUN_DEFAULTS: dict[str, Any] = {"batch_size": 4, "seq_len": 128, "zero": 2, "off
 def _job(options: dict[str, Any]) -> Job:
     """A block's options as a ``PlanRequest`` (the grid's option names are ``plan``'s), then the
     spec ``plan`` would resolve for ``nproc`` GPUs of one node."""
-    from planner.api import spec_fields
-
     arch = find_model(str(options["model"]))
     nproc = int(options.get("nproc", 1))
     try:
@@ -132,9 +131,7 @@ def _job(options: dict[str, Any]) -> Job:
     except ValidationError as exc:
         err = exc.errors()[0]
         raise PlannerError(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
-    fields = spec_fields(req)
-    fields["deepspeed"] = {}
-    spec = make_spec(arch, fields, req.method, nproc, positive_int(req.batch_size, "batch_size"))
+    spec = make_spec(arch, spec_fields(req), req.method, nproc, positive_int(req.batch_size, "batch_size"))
     return arch.name, spec, nproc
 
 

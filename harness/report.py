@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from planner.schema.records import CATEGORIES, PHASES
+from planner.schema.memory import CATEGORIES
+from planner.schema.memory import MEASURED_PHASES as PHASES
 
 GIB = 2**30
 

@@ -100,7 +100,7 @@ def _common(req: PlanRequest) -> _Common:
 
         if req.peft and req.method == "full":
             raise PlannerError("--peft gives a LoRA configuration; it goes with --method lora or qlora")
-        given = explicit | {f"deepspeed.{k}": "--" + k.replace("_", "-") for k in fields["deepspeed"]}
+        given = explicit | {f"deepspeed.{k}": PlanRequest.flag(k) for k in fields["deepspeed"]}
         merged = configs.merge(
             {**fields, "micro_batch_size": batch_size, "gpus_per_node": gpus}, given, req.deepspeed, req.peft, req.accelerate_config
         )
@@ -141,7 +141,7 @@ def _sources(c: _Common, spec: TrainingSpec) -> dict[str, str]:
             out[field] = c.explicit.get(field, "default")
     for key in spec.deepspeed.model_dump():
         src = merged.sources.get(f"deepspeed.{key}") if merged else None
-        out[f"deepspeed.{key}"] = src or ("--" + key.replace("_", "-") if key in spec.deepspeed.model_fields_set else "default")
+        out[f"deepspeed.{key}"] = src or (PlanRequest.flag(key) if key in spec.deepspeed.model_fields_set else "default")
     return out
 
 
@@ -230,8 +230,8 @@ def plan(model: str | PlanRequest | None = None, /, **options: Any) -> Plan:
     ``offload``, ``grad_ckpt``, ``precision``, ``lora_rank``, ``lora_targets`` (a comma list
     or a list), ``deepspeed`` / ``peft`` / ``accelerate_config`` (file paths), ``calibration``,
     ``dataset_tokens``, ``epochs``, ..."""
-    if {"json", "emit", "mode", "help", "plot"} & set(options):
-        raise PlannerError("plan(): json, emit, plot, mode and help are command-line only")
+    if {"json", "emit", "help", "plot"} & set(options):
+        raise PlannerError("plan(): json, emit, plot and help are command-line only")
     return planned(request(model, options)).plan
 
 
@@ -264,10 +264,6 @@ def sweep(models: str | PlanRequest | None = None, /, **options: Any) -> list[Ro
     if "model" in options and not isinstance(models, PlanRequest) and models is None:
         options["models"] = options.pop("model")
     req = request(models, options, "models")
-    return sweep_request(req)
-
-
-def sweep_request(req: PlanRequest) -> list[Row]:
     c = _common(req)
     if req.instances and req.gpu:
         raise PlannerError("give --instance (a list in sweep) or --gpu, not both")
@@ -280,10 +276,7 @@ def cheapest(model: str | PlanRequest | None = None, /, **options: Any) -> list[
     """``plan cheapest``: every priced catalog instance (with ``gpu``: of that GPU) at
     1..``max_nodes`` nodes, ranked by dollars per epoch; the first row is the cheapest that fits.
     Raises ``PlannerError`` when none fits."""
-    return cheapest_request(request(model, options))
-
-
-def cheapest_request(req: PlanRequest) -> list[Row]:
+    req = request(model, options)
     c = _common(req)
     if req.instances and req.gpu:
         raise PlannerError("give --instance (a list in sweep) or --gpu, not both")

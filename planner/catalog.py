@@ -277,9 +277,14 @@ def find_instance(name: str) -> Instance:
 # --- calibrations ------------------------------------------------------------------------------
 
 
+def _names_a_file(name: str) -> bool:
+    """A calibration given as a path (ends in ``.json`` or holds a ``/``), not by name."""
+    return name.endswith(".json") or "/" in name
+
+
 def calibration_path(name: str) -> Path:
     """A calibration by name (``data/calibration/<name>.json``) or by path (ends in ``.json``)."""
-    return Path(name) if name.endswith(".json") or "/" in name else data_dir() / "calibration" / f"{name}.json"
+    return Path(name) if _names_a_file(name) else data_dir() / "calibration" / f"{name}.json"
 
 
 def load_calibration(name: str = "default") -> Calibration:
@@ -288,7 +293,7 @@ def load_calibration(name: str = "default") -> Calibration:
     (``PLANNER_DATA_DIR``) is read again (one ``stat`` per call, no read)."""
     if name == "auto":
         name = "default"
-    if name.endswith(".json") or "/" in name:
+    if _names_a_file(name):
         where = os.path.abspath(name)
     else:
         where = _named_calibration_path(name, os.environ.get("PLANNER_DATA_DIR") or "")

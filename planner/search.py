@@ -6,17 +6,18 @@ command line renders the rows (``planner/render``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 from planner import catalog
 from planner.catalog import calibration_for
 from planner.errors import PlannerError
 from planner.estimate.plan import build_plan, max_micro_batch
 from planner.estimate.resolve import make_spec
-from planner.schema.catalog import Gpu, Instance
+from planner.schema.catalog import Architecture, Gpu, Instance
 from planner.schema.plan import Plan
+from planner.schema.spec import Method, TrainingSpec
 
-METHODS = ("full", "lora", "qlora")
+METHODS: tuple[str, ...] = get_args(Method)
 
 
 @dataclass(frozen=True)
@@ -129,10 +130,22 @@ class CompareRow:
         return {"plan": self.plan.model_dump(mode="json"), "plan_at_max_batch": None if at_max is None else at_max.model_dump(mode="json")}
 
 
-def compare_rows(  # type: ignore[no-untyped-def]
-    arch, spec, fields, gpu, gpus, instances, methods, calibration, tokens, epochs, storage, info=None
+def compare_rows(
+    arch: Architecture,
+    spec: TrainingSpec,
+    fields: dict[str, Any],
+    gpu: str | None,
+    gpus: int | None,
+    instances: str | None,
+    methods: str | None,
+    calibration: str,
+    tokens: int | None,
+    epochs: float,
+    storage: int | None,
+    info: dict[str, Any] | None = None,
 ) -> list[CompareRow]:
-    """``plan compare``: each (hardware, method) at the given micro batch and at its largest."""
+    """``plan compare``: each (hardware, method) at the given micro batch and at its largest:
+    ``instances`` (a comma list), else ``gpu`` x ``gpus``; ``methods`` a comma list."""
     wanted = [m.strip().lower() for m in (methods or "full,lora").split(",") if m.strip()]
     bad = [m for m in wanted if m not in METHODS]
     if bad or not wanted:
@@ -142,6 +155,7 @@ def compare_rows(  # type: ignore[no-untyped-def]
         found = [catalog.find_instance(i.strip()) for i in instances.split(",") if i.strip()]
         hardware = [(inst, catalog.find_gpu(inst.gpu), inst.gpu_count) for inst in found]
     else:
+        assert gpu is not None, "a compare names --instance(s) or --gpu (api refuses neither)"
         hardware = [(None, catalog.find_gpu(gpu), gpus or 1)]
     rows = []
     for inst, the_gpu, per_node in hardware:

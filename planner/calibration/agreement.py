@@ -27,8 +27,8 @@ from planner.estimate.memory import gpu_memory
 from planner.formulas.flops import step_flops
 from planner.schema.calibration import Calibration
 from planner.schema.catalog import Gpu
-from planner.schema.memory import MEASURED_PHASES
-from planner.schema.records import CATEGORIES, Measurement, RunResult, TraceResult
+from planner.schema.memory import CATEGORIES, MEASURED_PHASES
+from planner.schema.records import Measurement, RunResult, TraceResult
 
 # -- traces (``compare``; tests/agreement/test_trace_agreement.py, tests/harness/test_trace_live.py)
 CATEGORY_TOLERANCE = 0.03

@@ -31,7 +31,8 @@ from planner.catalog import find_model
 from planner.errors import PlannerError
 from planner.estimate.memory import gpu_memory
 from planner.schema.calibration import PEAK_RESIDUAL, THROUGHPUT_RESIDUAL, Calibration, Coefficient, Provenance, Residual
-from planner.schema.records import CATEGORIES, Measurement, RunResult
+from planner.schema.memory import CATEGORIES
+from planner.schema.records import Measurement, RunResult
 
 
 @dataclass(frozen=True)

@@ -163,12 +163,6 @@ def skipped_points() -> tuple[Skipped, ...]:
     return tuple(Skipped.model_validate(s) for name in ("throughput.json", "memory.json") for s in _read(name).get("skipped", []))
 
 
-def _setup(o: PlanRequest) -> tuple[Architecture, TrainingSpec, Gpu, Instance | None]:
-    """The architecture, validated spec, GPU and instance that a point's options describe,
-    resolved as ``plan`` resolves them."""
-    return resolve(o)
-
-
 def planner_tokens_per_s_per_gpu(arch: Architecture, spec: TrainingSpec, gpu: Gpu, inst: Instance | None, cal: Calibration) -> float:
     t = step_timing(arch, spec, param_counts(arch, spec), gpu, inst, cal)
     return t.tokens_per_s / t.world
@@ -176,12 +170,12 @@ def planner_tokens_per_s_per_gpu(arch: Architecture, spec: TrainingSpec, gpu: Gp
 
 def predicted_tokens_per_s_per_gpu(point: PublishedPoint, cal: Calibration | None = None) -> float:
     """The planner's tokens/s per GPU for the point's options (whether or not it fits)."""
-    arch, spec, gpu, inst = _setup(point.plan_options)
+    arch, spec, gpu, inst = resolve(point.plan_options)
     return planner_tokens_per_s_per_gpu(arch, spec, gpu, inst, cal or load_calibration())
 
 
 def _record(point: PublishedPoint | MemoryPoint, result: dict[str, Any]) -> Measurement:
-    arch, spec, gpu, inst = _setup(point.plan_options)
+    arch, spec, gpu, inst = resolve(point.plan_options)
     if point.source_model is None:
         raise ValueError(f"published point {point.id}: no source_model (what ran)")
     sharding: Literal["none", "fsdp2", "deepspeed"] = "none"

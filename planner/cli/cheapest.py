@@ -7,7 +7,7 @@ from typing import Any
 import typer
 
 from planner import api
-from planner.cli.options import PLAN_FIELDS, alias, cli_hidden, given, options
+from planner.cli.options import PLAN_FIELDS, alias, cli_option, given, options
 from planner.cli.output import console, write_json
 from planner.errors import PlannerError
 from planner.schema.request import PlanRequest
@@ -15,8 +15,8 @@ from planner.schema.request import PlanRequest
 _HIDDEN = {
     "instance": alias("instance", hidden=True),
     "instances": alias("instances", hidden=True),
-    "plot": cli_hidden("plot"),
-    "emit": cli_hidden("emit"),
+    "plot": cli_option("plot", hidden=True),
+    "emit": cli_option("emit", hidden=True),
 }
 
 
@@ -26,10 +26,9 @@ def cheapest(ctx: typer.Context, **values: Any) -> None:
     and rank them by dollars per epoch: the cheapest that fits first."""
     if values["emit"] is not None:
         raise PlannerError("--emit writes the configs of one plan; drop it from `plan cheapest`")
-    req = PlanRequest.given(given(ctx, values))
-    if values["plot"] is not None and not (req.instance or req.instances):
+    if values["plot"] is not None:
         raise PlannerError("--plot goes with plan, `plan compare` and `plan sweep`")
-    rows = api.cheapest(req)
+    rows = api.cheapest(PlanRequest.given(given(ctx, values)))
     if values["as_json"]:
         write_json({"cheapest": rows[0].as_dict(), "candidates": [r.as_dict() for r in rows]})
     else:

@@ -8,13 +8,13 @@ from typing import Any
 import typer
 
 from planner import api
-from planner.cli.options import PLAN_FIELDS, cli_hidden, given, options
+from planner.cli.options import PLAN_FIELDS, cli_option, given, options
 from planner.cli.output import console, write_json
 from planner.errors import PlannerError
 from planner.schema.request import PlanRequest
 
 
-@options((*PLAN_FIELDS, "methods", "instances"), cli=("as_json", "plot", "emit"), override={"emit": cli_hidden("emit")})
+@options((*PLAN_FIELDS, "methods", "instances"), cli=("as_json", "plot", "emit"), override={"emit": cli_option("emit", hidden=True)})
 def compare(ctx: typer.Context, **values: Any) -> None:
     """Compare methods (--methods, default full,lora) on one or more instances (--instances
     A,B, or --instance / --gpu): memory per GPU and per node, the largest micro batch, time and

@@ -43,41 +43,41 @@ def option_info(name: str, flags: Iterable[str] | None = None, help: str | None 
     return typer.Option(*decls, **{k: v for k, v in kw.items() if v not in (None, "")})
 
 
-#: ``Annotated`` aliases: one per request field (``OPTION["seq_len"]``).
-OPTION: dict[str, Any] = {n: Annotated[f.annotation, option_info(n)] for n, f in PlanRequest.model_fields.items()}
-
-#: The options only the command line has: outputs, not inputs of a plan.
-Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON (raw integer bytes).")]
-Plot = Annotated[
-    str | None,
-    typer.Option(
-        "--plot",
-        help="Also draw a PNG (needs matplotlib): memory per GPU by category and phase (plan), per GPU and per node "
-        "against capacity (compare), the largest micro batch per hardware (sweep).",
-    ),
-]
-Emit = Annotated[
-    str | None,
-    typer.Option(
-        "--emit",
-        help="Also write ready-to-run configs for the plan into this folder: ds_config.json, adapter_config.json, "
-        "accelerate_config.yaml, launch.sh and run_spec.json (for `harness run --spec`).",
-    ),
-]
-CLI_ONLY = {"as_json": (Json, False), "plot": (Plot, None), "emit": (Emit, None)}
-
-
 def alias(name: str, flags: Iterable[str] | None = None, help: str | None = None, hidden: bool | None = None) -> Any:  # noqa: A002
-    """A request field's alias spelled a command's own way (other flags, help, or hidden: kept
-    out of ``--help`` so that a misplaced option gets a clear message, not "No such option")."""
+    """A request field's ``Annotated`` alias, or spelled a command's own way (other flags, help,
+    or hidden: kept out of ``--help`` so that a misplaced option gets a clear message, not "No
+    such option")."""
     return Annotated[PlanRequest.model_fields[name].annotation, option_info(name, flags, help, hidden)]
 
 
-def cli_hidden(name: str) -> Any:
-    """A command-line-only option (``plot``, ``emit``) kept out of a command's ``--help``."""
-    base, info = typing.get_args(CLI_ONLY[name][0])
-    decls = [d for d in (getattr(info, "default", None), *(getattr(info, "param_decls", None) or ())) if isinstance(d, str)]
-    return Annotated[base, typer.Option(*decls, hidden=True)]
+#: ``Annotated`` aliases: one per request field (``OPTION["seq_len"]``).
+OPTION: dict[str, Any] = {n: alias(n) for n in PlanRequest.model_fields}
+
+#: The options only the command line has (outputs, not inputs of a plan): type, default, flag, help.
+_CLI_ONLY: dict[str, tuple[Any, Any, str, str]] = {
+    "as_json": (bool, False, "--json", "Print the result as JSON (raw integer bytes)."),
+    "plot": (
+        str | None,
+        None,
+        "--plot",
+        "Also draw a PNG (needs matplotlib): memory per GPU by category and phase (plan), per GPU and per node "
+        "against capacity (compare), the largest micro batch per hardware (sweep).",
+    ),
+    "emit": (
+        str | None,
+        None,
+        "--emit",
+        "Also write ready-to-run configs for the plan into this folder: ds_config.json, adapter_config.json, "
+        "accelerate_config.yaml, launch.sh and run_spec.json (for `harness run --spec`).",
+    ),
+}
+
+
+def cli_option(name: str, hidden: bool = False) -> Any:
+    """A command-line-only option (``as_json``, ``plot``, ``emit``), or hidden from a command's
+    ``--help`` where it does not belong."""
+    typ, _, flag, text = _CLI_ONLY[name]
+    return Annotated[typ, typer.Option(flag, help=text, hidden=hidden)]
 
 
 Command = Callable[..., Any]
@@ -92,11 +92,11 @@ def options(fields: Iterable[str], cli: Iterable[str] = (), override: dict[str, 
     def wrap(f: Command) -> Command:
         params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
         for name in fields:
-            alias = override.get(name, OPTION[name])
-            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=alias, default=getattr(DEFAULT, name)))
+            annotation = override.get(name, OPTION[name])
+            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=getattr(DEFAULT, name)))
         for name in cli:
-            alias, default = CLI_ONLY[name]
-            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=override.get(name, alias), default=default))
+            annotation = override.get(name, cli_option(name))
+            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=_CLI_ONLY[name][1]))
         f.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         return f
 

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from planner import api
-from planner.cli.options import PLAN_FIELDS, alias, cli_hidden, given, options
+from planner.cli.options import PLAN_FIELDS, alias, cli_option, given, options
 from planner.cli.output import console, write_json
 from planner.errors import PlannerError
 from planner.schema.request import PlanRequest
@@ -19,7 +19,7 @@ _LISTS = {
     "methods": alias("methods", ["--method", "--methods"], help="Comma list of methods, or all (default full,lora)."),
     "instances": alias("instances", ["--instance", "-i", "--instances"], help="Comma list of priced instances, or all."),
     "batch_size": alias("batch_size", help="Comma list of micro batches per GPU and/or max (default 8)."),
-    "emit": cli_hidden("emit"),
+    "emit": cli_option("emit", hidden=True),
 }
 _FIELDS = ("models", "methods", "instances", *(n for n in PLAN_FIELDS if n not in ("model", "method", "instance")))
 

@@ -39,12 +39,11 @@ from planner.formulas.zero import (
 )
 from planner.schema.calibration import Calibration
 from planner.schema.catalog import Architecture
-from planner.schema.memory import CATEGORIES as CATEGORIES  # re-exported for the callers that import it from here
 from planner.schema.memory import GPU_PHASES, GpuPhase, HostPhase, Split
 from planner.schema.spec import TrainingSpec
 from planner.units import ceil_div
 
-__all__ = ["CATEGORIES", "GpuMemory", "HostMemory", "ParamCounts", "Split", "dtypes", "gpu_memory", "host_memory", "param_counts"]
+__all__ = ["GpuMemory", "HostMemory", "ParamCounts", "Split", "gpu_memory", "host_memory", "param_counts"]
 
 
 @dataclass(frozen=True)

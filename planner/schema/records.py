@@ -19,13 +19,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from planner.errors import PlannerError
-from planner.schema.memory import CATEGORIES as CATEGORIES  # re-exported: the harness and calibration import it from here
-from planner.schema.memory import MEASURED_PHASES, MeasuredPhase
+from planner.schema.memory import MeasuredPhase
 from planner.schema.spec import TrainingSpec
 
 SCHEMA_VERSION = 1
-#: The phases a record holds (``planner.schema.memory.MEASURED_PHASES``; the harness imports this name).
-PHASES = MEASURED_PHASES
 
 
 class _Strict(BaseModel):

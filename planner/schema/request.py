@@ -14,10 +14,9 @@ defaults, or what a configuration file (``--deepspeed``/``--peft``/``--accelerat
 """
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic.fields import FieldInfo
 
 from planner.errors import PlannerError
 from planner.schema.spec import AdapterDtype, Attention, EmbeddingSave, Method, Offload, Optimizer, Precision, Sharding
@@ -182,10 +181,6 @@ class PlanRequest(BaseModel):
             raise PlannerError(where + request_error(exc)) from None
 
 
-def _field_info(name: str) -> FieldInfo:
-    return PlanRequest.model_fields[name]
-
-
 def request_error(exc: ValidationError) -> str:
     """A request's validation error as the command line says it: ``Invalid value for
     '--seq-len' / '-s': Input should be greater than or equal to 1``."""
@@ -194,7 +189,7 @@ def request_error(exc: ValidationError) -> str:
     name = loc[0] if loc else ""
     msg = err["msg"]
     if err["type"] == "literal_error":
-        choices = _field_info(name).annotation.__args__ if name in PlanRequest.model_fields else ()  # type: ignore[union-attr]
+        choices = PlanRequest.model_fields[name].annotation.__args__ if name in PlanRequest.model_fields else ()  # type: ignore[union-attr]
         msg = f"Value error, {err['input']!r} is not one of {', '.join(repr(c) for c in choices)}."
     if name not in PlanRequest.model_fields:
         return msg
@@ -231,5 +226,3 @@ FIELD_OPTION = {
     "lora_targets": "lora_targets",
     "modules_to_save": "modules_to_save",
 }
-
-Command = Literal["plan", "compare", "sweep", "cheapest"]

@@ -33,7 +33,8 @@ from planner.calibration.agreement import (  # noqa: E402
 from planner.catalog import find_model, load_calibration  # noqa: E402
 from planner.estimate.memory import gpu_memory, param_counts  # noqa: E402
 from planner.formulas.checkpoint import adapter_bytes  # noqa: E402
-from planner.schema.records import CATEGORIES, RunResult, read_measurements  # noqa: E402
+from planner.schema.memory import CATEGORIES  # noqa: E402
+from planner.schema.records import RunResult, read_measurements  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,9 +6,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from planner.catalog import architectures, find_gpu, load_calibration
-from planner.estimate.memory import CATEGORIES, dtypes, gpu_memory, host_memory, param_counts
+from planner.estimate.memory import gpu_memory, host_memory, param_counts
 from planner.estimate.plan import build_plan
 from planner.formulas import activations as act
+from planner.formulas.dtypes import spec_dtypes as dtypes
+from planner.schema.memory import CATEGORIES
 from planner.schema.spec import EMBEDDING_MODULES, LAYER_LINEARS, TrainingSpec
 
 CAL = load_calibration()
