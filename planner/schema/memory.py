@@ -6,22 +6,22 @@ the phase lists are spelled once.
 
 Three types hold "bytes by category"; they share the category names but have different jobs:
 
-* ``Split`` (here): the composition's working value, a plain frozen dataclass built hundreds of
+* ``Split`` (here): the composition's working value, a NamedTuple built hundreds of
   times per plan (``planner.estimate.memory.gpu_memory``); no validation, so it stays cheap.
   Fields are the categories themselves.
 * ``planner.schema.records.CategoryBytes``: a *measured* split in a committed record
   (``data/measurements/**.jsonl``), validated on load (non-negative). Same field names as
-  ``Split``, so ``Split.of(record_split)`` turns one into the other.
+  ``Split``: the agreement code compares the two attribute by attribute.
 * ``planner.schema.plan.CategorySplit`` (and the category fields of ``PerGpu``): the ``--json``
   contract, keys ``<category>_bytes``. ``split.json_fields()`` gives exactly those keys.
 
 The pydantic two are contracts (committed records, public JSON) and keep their names; ``Split``
-is internal and converts to and from them through the two helpers.
+is internal and gives the JSON keys through ``json_fields``.
 """
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple, Protocol, get_args
+from typing import Literal, NamedTuple, get_args
 
 #: Where live tensor bytes are counted, as PyTorch's ``MemTracker``
 #: (``torch.distributed._tools.mem_tracker``) splits them: module parameters (buffers with
@@ -48,21 +48,6 @@ HostPhase = Literal["model_load", "train", "checkpoint_save"]
 HOST_PHASES: tuple[HostPhase, ...] = get_args(HostPhase)
 
 
-class HasCategories(Protocol):
-    """Anything with the five category attributes in bytes (``Split``, ``CategoryBytes``)."""
-
-    @property
-    def parameters(self) -> int: ...
-    @property
-    def gradients(self) -> int: ...
-    @property
-    def optimizer_states(self) -> int: ...
-    @property
-    def activations(self) -> int: ...
-    @property
-    def temporaries(self) -> int: ...
-
-
 class Split(NamedTuple):
     """Bytes on one GPU by category at one moment of a step (see the module docstring)."""
 
@@ -75,11 +60,6 @@ class Split(NamedTuple):
     @property
     def total(self) -> int:
         return self.parameters + self.gradients + self.optimizer_states + self.activations + self.temporaries
-
-    @classmethod
-    def of(cls, x: HasCategories) -> Split:
-        """The same bytes from any split with the category attributes (a measured ``CategoryBytes``)."""
-        return cls(x.parameters, x.gradients, x.optimizer_states, x.activations, x.temporaries)
 
     def json_fields(self) -> dict[str, int]:
         """``{"<category>_bytes": n}``: the keys of ``CategorySplit`` and of ``PerGpu``'s split."""
