@@ -21,7 +21,7 @@ from planner.estimate.plan import build_plan, max_micro_batch
 from planner.estimate.resolve import epoch_tokens, make_spec, positive_int
 from planner.schema.catalog import Architecture, Gpu, Instance
 from planner.schema.plan import Plan
-from planner.schema.request import DEEPSPEED_KNOBS, FIELD_OPTION, PlanRequest
+from planner.schema.request import BEHAVIOUR_FIELDS, DEEPSPEED_KNOBS, FIELD_OPTION, PlanRequest
 from planner.schema.spec import TrainingSpec, parse_targets
 from planner.units import GIGA
 
@@ -83,6 +83,7 @@ class _Common(NamedTuple):
     merged: Any  # configs.read.Merged | None
     tokens: int | None
     explicit: dict[str, str]
+    stack: Any  # configs.stack.Resolved
 
 
 def _explicit(req: PlanRequest) -> dict[str, str]:
@@ -112,10 +113,25 @@ def _common(req: PlanRequest) -> _Common:
             gpus = int(from_file_gpus)
         elif from_file_gpus is not None and req.instance and "gpus_per_node" not in explicit:
             merged.fields["accelerate_processes_per_node"] = int(from_file_gpus)
+    stack = _stack(req, fields, explicit, merged)
+    fields = stack.fields
     if not math.isfinite(req.epochs) or not 0 < req.epochs <= 1e6:
         raise PlannerError(f"--epochs must be a number above 0 and at most 1e6 (got {req.epochs})")
     tokens = epoch_tokens(req.dataset_tokens, req.dataset_samples, req.seq_len)
-    return _Common(fields, batch_size, gpus, merged, tokens, explicit)
+    return _Common(fields, batch_size, gpus, merged, tokens, explicit, stack)
+
+
+def _stack(req: PlanRequest, fields: dict[str, Any], explicit: dict[str, str], merged: Any) -> Any:
+    """The request's stack (``planner/configs/stack.py``) applied to the spec fields."""
+    behaviours = {f: getattr(req, f) for f in BEHAVIOUR_FIELDS}
+    given = dict(explicit)
+    if merged is not None:
+        given |= {f: s for f, s in merged.sources.items() if s != "default" and not f.startswith("deepspeed.")}
+    if "adapter_dtype" in req.model_fields_set:
+        given["adapter_dtype"] = "--adapter-dtype"
+    from planner.configs.stack import resolve_stack
+
+    return resolve_stack(req.stack, fields, given, behaviours, req.deepspeed)
 
 
 def _check_processes(source: str, procs: int, instances: str) -> None:
@@ -134,11 +150,14 @@ def _sources(c: _Common, spec: TrainingSpec) -> dict[str, str]:
     the default."""
     merged = c.merged
     out = {}
+    from_stack = {"zero_stage" if b == "zero" else b for b, src in c.stack.sources.items() if not src.startswith("--")}
     for field in FIELD_OPTION:
-        if merged is not None and field in merged.sources:
+        if merged is not None and merged.sources.get(field, "default") != "default":
             out[field] = merged.sources[field]
+        elif field in c.explicit:
+            out[field] = c.explicit[field]
         else:
-            out[field] = c.explicit.get(field, "default")
+            out[field] = f"stack {c.stack.profile.name}" if c.stack.named and field in from_stack else "default"
     for key in spec.deepspeed.model_dump():
         src = merged.sources.get(f"deepspeed.{key}") if merged else None
         out[f"deepspeed.{key}"] = src or (PlanRequest.flag(key) if key in spec.deepspeed.model_fields_set else "default")
@@ -219,7 +238,11 @@ def planned(req: PlanRequest) -> Planned:
         spec = spec.model_copy(update={"micro_batch_size": max(1, max_micro_batch(arch, spec, gpu, cal))})
     result = build_plan(arch, spec, gpu, inst, cal, storage_bytes=_storage_bytes(req), dataset_tokens=c.tokens, epochs=req.epochs)
     ignored = c.merged.ignored if c.merged else []
-    result = result.model_copy(update={"settings_sources": _sources(c, spec), "settings_ignored": ignored})
+    from planner.configs.stack import stack_out
+    from planner.schema.plan import StackInfo
+
+    stack = StackInfo.model_validate(stack_out(c.stack, spec))
+    result = result.model_copy(update={"settings_sources": _sources(c, spec), "settings_ignored": ignored, "stack": stack})
     return Planned(result, arch, spec)
 
 

@@ -1,4 +1,4 @@
-"""Loads and looks up the catalog in ``data/``: architectures, GPUs, instances.
+"""Loads and looks up the catalog in ``data/``: architectures, GPUs, instances, training stacks.
 
 Everything is validated by pydantic when first loaded and cached for the process. Lookups are
 case-insensitive, accept aliases, and fail with a "did you mean" suggestion.
@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from planner.errors import PlannerError
 from planner.schema.calibration import CALIBRATION_SCHEMA_VERSION, REQUIRED, Calibration
 from planner.schema.catalog import Architecture, Gpu, Instance
+from planner.schema.stack import StackProfile
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
@@ -346,3 +347,43 @@ def calibration_for(name: str, gpu: str) -> Calibration:
         fitted = data_dir() / "calibration" / f"{gpu}.json"
         return load_calibration(gpu if fitted.exists() else "default")
     return load_calibration(name)
+
+
+# --- training stacks ---------------------------------------------------------------------------
+
+
+def stack_names() -> tuple[str, ...]:
+    """The stack profiles in ``data/stacks/`` by name (file stems), sorted."""
+    return _stack_names_in(data_dir())
+
+
+@cache
+def _stack_names_in(folder: Path) -> tuple[str, ...]:
+    return tuple(sorted(p.stem for p in (folder / "stacks").glob("*.json")))
+
+
+def find_stack(name: str) -> StackProfile:
+    """One stack profile by name (``data/stacks/<name>.json``, read and validated on first use)."""
+    key = _norm(name)
+    names = stack_names()
+    if key not in names:
+        close = difflib.get_close_matches(key, list(names), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise PlannerError(f"--stack: unknown stack {name!r}{hint} (choose from {', '.join(names)}, or auto; see `plan list stacks`)")
+    return _stack_in(data_dir(), key)
+
+
+@cache
+def _stack_in(folder: Path, name: str) -> StackProfile:
+    path = folder / "stacks" / f"{name}.json"
+    try:
+        profile = StackProfile.model_validate(read_data_json(path))
+    except ValidationError as exc:
+        raise PlannerError(validation_message(path, exc)) from None
+    if profile.name != name:
+        raise PlannerError(f"{path}: names itself {profile.name!r}; the file must be {profile.name}.json")
+    return profile
+
+
+def stacks() -> tuple[StackProfile, ...]:
+    return tuple(find_stack(n) for n in stack_names())

@@ -30,7 +30,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from planner.api import resolve
-from planner.catalog import data_dir, find_gpu, find_instance, find_model, load_calibration
+from planner.catalog import calibration_for, data_dir, find_gpu, find_instance, find_model, load_calibration
 from planner.estimate.memory import GpuMemory, gpu_memory, param_counts
 from planner.estimate.timing import step_timing
 from planner.schema.calibration import Calibration
@@ -178,9 +178,11 @@ def _record(point: PublishedPoint | MemoryPoint, result: dict[str, Any]) -> Meas
     arch, spec, gpu, inst = resolve(point.plan_options)
     if point.source_model is None:
         raise ValueError(f"published point {point.id}: no source_model (what ran)")
-    sharding: Literal["none", "fsdp2", "deepspeed"] = "none"
-    if spec.sharding == "fsdp2" or spec.zero_stage > 0:
+    sharding: Literal["none", "fsdp2", "fsdp1", "deepspeed"] = "none"
+    if spec.sharding == "fsdp2" or spec.sharding == "fsdp1":
         sharding = spec.sharding
+    elif spec.sharding == "deepspeed" and spec.zero_stage > 0:
+        sharding = "deepspeed"
     return Measurement(
         kind="published",
         model=arch.name,
@@ -297,3 +299,43 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# -- published runs of other stacks (data/published/stacks.json; issue 14, being mapped) --------
+
+
+class StackPoint(NamedTuple):
+    """One mapped point of ``stacks.json``: the planner's figure for its memory counter."""
+
+    id: str
+    stack: str
+    method: str
+    counter: str
+    published: int
+    predicted: int
+
+    @property
+    def error_rel(self) -> float:
+        return self.predicted / self.published - 1
+
+
+@cache
+def stack_memory_points() -> tuple[MemoryPoint, ...]:
+    """The published peak-memory points of runs on other stacks than DeepSpeed (``stacks.json``,
+    mapped from shared/reference/published_measurements_2.jsonl with the stack each ran on)."""
+    return tuple(MemoryPoint.model_validate(p) for p in _read("stacks.json")["points"])
+
+
+def stack_points() -> list[StackPoint]:
+    """Planner vs published for every point of ``stacks.json`` (the cited default coefficients)."""
+    out = []
+    for p in stack_memory_points():
+        arch, spec, gpu, _ = resolve(p.plan_options)
+        mem = gpu_memory(arch, spec, calibration_for("auto", gpu.id))
+        stack = p.plan_options.stack or "deepspeed"
+        out.append(
+            StackPoint(
+                p.id, stack, spec.method, p.memory_counter, p.peak_memory_bytes_per_gpu, planner_peak_memory_bytes(mem, p.memory_counter)
+            )
+        )
+    return out

@@ -1,4 +1,4 @@
-"""``plan list models|gpus|instances``: the catalog."""
+"""``plan list models|gpus|instances|stacks``: the catalog."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from planner import catalog
 from planner.cli.output import console
 
 
-def list_catalog(what: Literal["models", "gpus", "instances"] = typer.Argument(..., case_sensitive=False)) -> None:
-    """List the catalog: models, gpus or instances."""
+def list_catalog(what: Literal["models", "gpus", "instances", "stacks"] = typer.Argument(..., case_sensitive=False)) -> None:
+    """List the catalog: models, gpus, instances or stacks (the training stacks' behaviours)."""
     from planner.render import tables
 
     out = console()
@@ -19,5 +19,7 @@ def list_catalog(what: Literal["models", "gpus", "instances"] = typer.Argument(.
         tables.render_models(catalog.architectures(), out)
     elif what == "gpus":
         tables.render_gpus(catalog.gpus(), out)
+    elif what == "stacks":
+        tables.render_stacks(catalog.stacks(), out)
     else:
         tables.render_instances(catalog.instances(), out)

@@ -153,7 +153,9 @@ def emit(folder: str | Path, model: str, arch: Architecture, spec: TrainingSpec)
     (a temporary file renamed over it), so an interrupted emit leaves no half file."""
     out = Path(folder)
     if spec.sharding != "deepspeed":
-        raise PlannerError("--emit writes DeepSpeed configs; FSDP2 (--sharding fsdp2) is not emitted yet")
+        if spec.sharding == "fsdp2":
+            raise PlannerError("--emit writes DeepSpeed configs; FSDP2 (--sharding fsdp2) is not emitted yet")
+        raise PlannerError(f"--emit writes DeepSpeed configs; --sharding {spec.sharding} (a stack without DeepSpeed) is not emitted yet")
     if spec.precision not in ("bf16-mixed", "fp16-mixed", "fp32"):
         raise PlannerError(f"--emit: --precision {spec.precision} has no DeepSpeed config (bf16-mixed, fp16-mixed and fp32 do)")
     if out.exists() and not out.is_dir():

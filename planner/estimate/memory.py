@@ -100,7 +100,7 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
 
     # -- parameters: ZeRO-3 shards all but the small persistent ones; --offload all moves the
     #    shards to host memory and streams them in.
-    fsdp = fsdp2_terms(arch, spec) if spec.sharding == "fsdp2" else None
+    fsdp = fsdp2_terms(arch, spec) if spec.sharding in ("fsdp2", "fsdp1") else None
     if fsdp is not None:
         # FSDP2 keeps every parameter sharded (no persistence threshold); what it gathers is
         # counted below as resident while running (unsharded parameters) and as all-gather /
@@ -152,11 +152,28 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
     # GPU reduces nothing under ZeRO 0/3, but ZeRO 1/2 allocate theirs at the start of every
     # backward whatever the rank count (stage_1_and_2.py ``setup_buckets``), and harness runs
     # find them still held at the step.
-    buckets = reduce_buckets_bytes(zero, reduce_bucket_elems(arch, ds), g, ds) if (n > 1 or zero in (1, 2)) and fsdp is None else 0
-    standing_buckets = buckets if zero == 3 else 0
+    ddp = spec.sharding == "ddp"
+    if ddp:
+        # torch DDP (no DeepSpeed): the reducer allocates its flat buckets (25 MiB each) over every
+        # trainable gradient when it is built (torch/csrc/distributed/c10d/reducer.cpp
+        # ``initialize_buckets``), and with ``gradient_as_bucket_view=False`` (its default) they
+        # are a second copy of the gradients, held in every phase; with the view the gradients
+        # are the buckets, allocated for good. One GPU: no DDP, nothing.
+        buckets = standing_buckets = pc.grad_bytes_total if (n > 1 and spec.ddp_grad_copy) else 0
+        if n > 1 and not spec.ddp_grad_copy:
+            standing = grads_all
+    else:
+        buckets = reduce_buckets_bytes(zero, reduce_bucket_elems(arch, ds), g, ds) if (n > 1 or zero in (1, 2)) and fsdp is None else 0
+        standing_buckets = buckets if zero == 3 else 0
 
     # -- optimizer: fp32 master (mixed precision) + moments, sharded from stage 1 on.
     opt_full = pc.trainable * dt.master + optimizer_state_bytes(spec.optimizer, dt, pc.trainable)
+    torch_states = spec.sharding in ("ddp", "fsdp1") and dt.master == 0 and spec.method != "full" and spec.optimizer == "adamw"
+    if torch_states:
+        # torch.optim keeps each moment in its parameter's dtype (torch/optim/adamw.py
+        # ``_init_group``: ``torch.zeros_like(p, memory_format=torch.preserve_format)``): fp32
+        # LoRA adapters get fp32 moments over a bf16 base
+        opt_full = 2 * (pc.lora * adapter_bytes_per_elem(spec) + pc.modules_to_save * dt.weight)
     opt = 0 if offload_opt else shard(opt_full, n, zero >= 1)
     # Optimizer-step scratch: the fp32 gradient copy ZeRO makes for its master partition and
     # foreach AdamW's sqrt buffer, for one sub-group (stage 3) or the whole partition.
@@ -176,6 +193,12 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         fp32_grads = 4 * step_elems if dt.master else 0
         flat16 = g * step_elems if (dt.master and zero >= 1) else 0
         scratch = optimizer_step_temp_bytes(spec.optimizer, dt, step_elems, cal.value("optimizer_scratch_states"))
+        if torch_states:  # one moment's worth per scratch state, in the moments' dtypes
+            scratch = int(cal.value("optimizer_scratch_states") * opt_full // 2)
+        if spec.sharding != "deepspeed" and spec.adamw_impl == "fused":
+            # torch's fused AdamW updates every tensor in one kernel (torch/optim/adam.py
+            # ``_fused_adam`` -> ``torch._fused_adam_``): no state-sized temporary
+            scratch = 0
         if zero >= 1 and fsdp is None and fp32_grads:
             # (stage 1 too: over two ranks its full 16-bit gradients are gone by the step, and
             # only the fp32 partition is held; with accumulation the summed gradients stay)
@@ -201,7 +224,7 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
     # beside the gradients; it is gone by the step. Harness runs over two ranks: the end of
     # backward is then the phase's peak (7b-tiny full: exactly gradients + one copy).
     allreduce_copy = 0
-    if zero == 0 and n > 1 and fsdp is None and not offload_opt:
+    if zero == 0 and n > 1 and fsdp is None and not offload_opt and not ddp:
         allreduce_copy = allreduce_copy_bytes(grads_all, g)
     dequant = 0
     if spec.method == "qlora":  # bnb dequantizes one weight to 16 bit for each matmul
@@ -278,11 +301,14 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         fwd_moments.append(Split(resident + fsdp.root + fsdp.layer, standing, opt, acts, 2 * fsdp.layer + dequant))
     fwd = max(fwd_moments, key=lambda x: x.total)
     # The training loop keeps only the loss (HF Trainer's ``compute_loss`` drops ``outputs``):
-    # the 16-bit logits die with the forward; log_softmax keeps its fp32 output for backward.
-    saved_model = model_bytes - act.total([x for x in model_items if x.name == "logits"])
+    # the logits die with the forward; log_softmax keeps its fp32 output for backward. A loop
+    # that keeps ``outputs`` (``keep_outputs``) holds the logits through the whole backward.
+    logits = act.total([x for x in model_items if x.name == "logits"])
+    kept_logits = logits if spec.keep_outputs else 0
+    saved_model = model_bytes - logits + kept_logits
     # Inside the layers' backward the head's saved tensors (final norm, lm_head input,
     # log-probabilities) are gone; what the embedding end keeps stays.
-    below = below_fwd
+    below = below_fwd + kept_logits
     # A tied, trainable embedding gets two gradient contributions; autograd sums them in its
     # input buffer before the weight's AccumulateGrad, so lm_head's (V x h) waits there as a
     # temporary through the layers' backward, and at the end it, the embedding's and their sum
@@ -347,9 +373,11 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
             Split(resident, standing, opt, loss_acts, live_top + loss_grads + standing_buckets),
             *layer_moments_all,
             # the embedding gradient closes backward
-            Split(resident, max(standing, grads_all - (ceil_div(tied, n) if zero >= 2 else tied)), opt, 0, live + buckets + 3 * tied),
+            Split(
+                resident, max(standing, grads_all - (ceil_div(tied, n) if zero >= 2 else tied)), opt, kept_logits, live + buckets + 3 * tied
+            ),
             # then ZeRO-0's all-reduce over several GPUs
-            Split(resident, max(standing, grads_all), opt, 0, live + buckets + allreduce_copy),
+            Split(resident, max(standing, grads_all), opt, kept_logits, live + buckets + allreduce_copy),
         ]
     else:
         # the root's backward ends: a tied embedding's contributions summed (the bottom layer's

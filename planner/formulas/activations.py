@@ -17,7 +17,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import NamedTuple
 
-from planner.formulas.dtypes import Dtypes, adapter_bytes_per_elem
+from planner.formulas.dtypes import Dtypes, adapter_bytes_per_elem, autocast_on
 from planner.formulas.params import layer_linears, vocab
 from planner.schema.catalog import Architecture
 from planner.schema.spec import LAYER_LINEARS, TrainingSpec
@@ -68,7 +68,7 @@ def _input_group(
     targets = [c for c in consumers if c in _lora_targets(spec)]
     x_numel = tokens * in_features
     cast = x_bytes != dt.act
-    lora_bytes = dt.act if spec.precision == "amp-bf16" else adapter_bytes_per_elem(spec)
+    lora_bytes = dt.act if autocast_on(spec) else adapter_bytes_per_elem(spec)
     out: list[Saved] = []
     shared_users = list(trainable)
     # ZeRO-3's linear keeps X itself for a frozen weight too (no cast of its own)
@@ -244,18 +244,38 @@ def model_level_saved(arch: Architecture, spec: TrainingSpec, dt: Dtypes, full_m
     if spec.method != "full" and "embed_tokens" in spec.lora_targets:
         # peft lora.Embedding: lora_embedding_B's matmul keeps the (T, r) lookup of A.
         out.append(Saved("embed_tokens.lora_A_out", dt.act * tokens * spec.lora_rank))
-    # The model returns bf16 logits (kept by the training loop's ``outputs``); ForCausalLMLoss
-    # upcasts to fp32 and cross_entropy's log_softmax keeps its fp32 output.
-    # accelerate's convert_outputs_to_fp32 hands back fp32 logits under autocast.
-    logits_bytes = 4 if spec.precision == "amp-bf16" else dt.act
-    out.append(Saved("logits", logits_bytes * tokens * v))
+    # The model returns its logits (kept by the training loop's ``outputs`` until the loss is
+    # made); cross_entropy's log_softmax keeps its fp32 output for backward.
+    out.append(Saved("logits", logits_elem_bytes(spec, dt) * tokens * v))
     out.append(Saved("log_softmax_fp32", 4 * tokens * v))
     return out
 
 
+def logits_elem_bytes(spec: TrainingSpec, dt: Dtypes) -> int:
+    """Bytes per element of the logits the model returns: the compute dtype, or fp32 when
+    transformers <= 4.45 upcasts them in ``LlamaForCausalLM.forward`` (``logits = logits.float()``,
+    ``loss_path`` ``fp32-logits``) or accelerate's ``convert_outputs_to_fp32`` hands them back
+    under autocast."""
+    return 4 if (autocast_on(spec) or spec.loss_path == "fp32-logits") else dt.act
+
+
 def loss_forward_transient(arch: Architecture, spec: TrainingSpec, dt: Dtypes) -> int:
-    """``logits.float()``: a fp32 copy alive while the loss is computed (none if already fp32)."""
-    return 0 if dt.act == 4 else 4 * spec.tokens_per_micro_batch * vocab(arch, spec.added_tokens)
+    """What the loss holds beside the logits and log_softmax's output while it is computed
+    (``loss_path``):
+
+    * ``padded-labels`` (transformers >= 4.49, ``loss/loss_utils.py`` ``ForCausalLMLoss`` pads
+      the labels instead of shifting the logits): ``logits.float()``, a fp32 copy (none if the
+      logits are fp32 already): 2 + 4 + 4 = 10 bytes per token and vocabulary entry over bf16
+      logits;
+    * ``shift-fp32-copy`` (4.46-4.48, ``ForCausalLMLoss``): that fp32 copy and its contiguous
+      shifted copy ``logits[..., :-1, :].contiguous()``: 14;
+    * ``fp32-logits`` (<= 4.45, ``LlamaForCausalLM.forward``): the model's logits are fp32 and
+      the loss makes the shifted copy: 4 + 4 + 4 = 12.
+    """
+    elems = spec.tokens_per_micro_batch * vocab(arch, spec.added_tokens)
+    upcast = 0 if logits_elem_bytes(spec, dt) == 4 else 4 * elems
+    shifted = 4 * elems if spec.loss_path in ("shift-fp32-copy", "fp32-logits") else 0
+    return upcast + shifted
 
 
 def loss_backward_transient(arch: Architecture, spec: TrainingSpec) -> int:
@@ -369,7 +389,7 @@ def recompute_end_bytes(arch: Architecture, spec: TrainingSpec, dt: Dtypes) -> t
         # ``x = self._cast_input_dtype(x, lora_A.weight.dtype)`` is another when the adapter's
         # dtype differs and dropout makes lora_A's input a third tensor
         product = 0 if keeps_every_linear_input(spec) else dt.act * ti
-        wider = spec.precision != "amp-bf16" and adapter_bytes_per_elem(spec) != dt.act
+        wider = not autocast_on(spec) and adapter_bytes_per_elem(spec) != dt.act
         cast = adapter_bytes_per_elem(spec) * ti if (spec.lora_dropout > 0 and wider) else 0
         return dt.resid * th + dt.act * th + product + cast, dt.resid * th + 2 * dt.act * th
     return dt.resid * th, dt.resid * th

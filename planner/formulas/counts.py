@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from planner.formulas import params as prm
-from planner.formulas.dtypes import adapter_bytes_per_elem, spec_dtypes
+from planner.formulas.dtypes import adapter_bytes_per_elem, qlora_prepared, spec_dtypes
 from planner.formulas.grads import embedding_grad_bytes
 from planner.formulas.zero import persistence_threshold_elems
 from planner.schema.catalog import Architecture
@@ -71,9 +71,16 @@ def count_params(arch: Architecture, spec: TrainingSpec) -> ParamCounts:
             # NF4 projections; norms, embeddings and lm_head stay in the weight dtype (fp32 after
             # peft's prepare_model_for_kbit_training, i.e. amp-bf16 here).
             frozen_bytes = prm.qlora_linear_bytes(arch, spec.qlora_double_quant) + (base - prm.linear_weight_params(arch)) * dt.weight
+            if spec.qlora_prep == "trl" and qlora_prepared(spec):
+                # TRL sft_trainer.py ``peft_module_casting_to_bf16``: embeddings and lm_head back to bf16
+                frozen_bytes -= 2 * (prm.embedding_params(arch, added) + prm.lm_head_params(arch, added))
+            head = prm.lm_head_params(arch, added)
+            if spec.quantize_lm_head and head:
+                # Lightning's BitsandbytesPrecision replaces every nn.Linear, lm_head too
+                frozen_bytes += prm.nf4_tensor_bytes(head, spec.qlora_double_quant) - head * dt.weight
         else:
             # FSDP2 mixed precision leaves a frozen bf16 base as loaded (only trainable shards are fp32)
-            frozen_bytes = base * (dt.act if spec.sharding == "fsdp2" else dt.weight)
+            frozen_bytes = base * (dt.act if spec.sharding in ("fsdp2", "fsdp1") else dt.weight)
         ab = adapter_bytes_per_elem(spec)  # LoRA A/B live (and get gradients) in the adapter dtype
         weights = frozen_bytes + lora * ab + mts * dt.weight
     if spec.method == "qlora":

@@ -37,12 +37,35 @@ PRECISIONS: dict[str, Dtypes] = {
 FSDP2_MIXED = Dtypes(weight=4, grad=4, master=0, state=4, act=2, resid=2)
 
 
+def autocast_on(spec: TrainingSpec) -> bool:
+    """Whether the forward runs under ``torch.autocast(bf16)``: always with ``amp-bf16``, and
+    with bf16 weights when the stack's trainer autocasts (``TrainingSpec.autocast``: accelerate
+    ``prepare_model`` wraps ``forward`` in autocast and ``convert_outputs_to_fp32``)."""
+    return spec.precision == "amp-bf16" or (spec.autocast and spec.precision == "bf16")
+
+
 def spec_dtypes(spec: TrainingSpec) -> Dtypes:
     """The bytes per element of each kind of tensor for ``spec``: its precision's, except that
     FSDP2 under bf16 mixed precision keeps fp32 sharded parameters (``FSDP2_MIXED``)."""
-    if spec.sharding == "fsdp2" and spec.precision == "bf16-mixed":
+    if spec.sharding in ("fsdp2", "fsdp1") and spec.precision == "bf16-mixed":
         return FSDP2_MIXED
-    return PRECISIONS[spec.precision]
+    dt = PRECISIONS[spec.precision]
+    if qlora_prepared(spec) and dt.weight == 2:
+        # peft ``prepare_model_for_kbit_training`` casts every parameter that is not a 4-bit
+        # ``Params4bit`` to fp32 (norms, embeddings, lm_head); bitsandbytes ``Linear4bit.forward``
+        # returns its input's dtype (``out.to(inp_dtype)``), so the fp32 norm weights make the
+        # residual stream, the norms' outputs and every checkpointed layer input fp32. (TRL's
+        # ``peft_module_casting_to_bf16`` casts embeddings and lm_head back to bf16 but keeps
+        # the norms fp32: the residual stream is fp32 all the same.)
+        return dt._replace(weight=4, resid=4)
+    return dt
+
+
+def qlora_prepared(spec: TrainingSpec) -> bool:
+    """A QLoRA model prepared by peft (or peft + TRL) and trained outside DeepSpeed (whose engine
+    casts the whole module back to 16 bit: deepspeed/runtime/engine.py ``_configure_distributed_model``)."""
+    return spec.method == "qlora" and spec.qlora_prep != "none" and spec.sharding != "deepspeed"
+
 
 #: bitsandbytes 8-bit blockwise optimizers: uint8 states with one fp32 absmax per block of 256
 #: (bitsandbytes/optim/optimizer.py Optimizer8bit, ``block_wise=True``; functional.py
@@ -87,10 +110,15 @@ def adapter_dtype(spec: TrainingSpec) -> Literal["fp32", "bf16", "fp16"]:
     peft/tuners/tuners_utils.py). DeepSpeed's engine casts the module to 16 bit under ZeRO 0-2
     (deepspeed/runtime/engine.py ``_configure_distributed_model``) but, since 0.19.2, leaves
     modules initialised under ZeRO-3 (``zero.Init``) as they are, so adapters stay fp32 there.
-    Pure bf16 training casts everything to bf16; amp-bf16 and fp32 keep fp32.
+    Pure bf16 training casts everything to bf16; amp-bf16 and fp32 keep fp32. Without DeepSpeed
+    or FSDP2 (``--sharding ddp`` / ``fsdp1``) nothing recasts peft's fp32 adapters.
     """
     if spec.adapter_dtype != "auto":
         return spec.adapter_dtype
+    if spec.sharding in ("ddp", "fsdp1"):
+        # no engine recasts the module: peft's ``autocast_adapter_dtype=True`` (get_peft_model)
+        # leaves the adapters fp32 over a 16-bit base
+        return "fp32"
     half: Literal["bf16", "fp16"] = "fp16" if spec.precision == "fp16-mixed" else "bf16"
     if spec.precision in ("amp-bf16", "fp32"):
         return "fp32"

@@ -65,7 +65,7 @@ def save(fig: Any, path: str | Path) -> Path:
 def _title(p: Plan) -> str:
     s, hw = p.inputs.spec, p.inputs.hardware
     where = hw.instance or f"{hw.gpus_per_node}x {hw.gpu_name}"
-    shard = "FSDP2" if s.sharding == "fsdp2" else f"ZeRO-{s.zero_stage}"
+    shard = s.sharding.upper() if s.sharding in ("fsdp2", "fsdp1", "ddp") else f"ZeRO-{s.zero_stage}"
     return f"{p.inputs.model} {s.method}, {where}, micro batch {s.micro_batch_size} x {s.seq_len}, {shard}, offload {s.offload}"
 
 

@@ -10,6 +10,8 @@ from planner.schema.catalog import Architecture, Gpu, Instance
 from planner.schema.memory import GPU_PHASES as PHASES
 from planner.schema.memory import HOST_PHASES, Category
 from planner.schema.plan import MAX_SEARCH_BATCH, Plan
+from planner.schema.spec import TrainingSpec
+from planner.schema.stack import StackProfile
 from planner.units import GIB, GIGA, MEGA, TERA
 
 #: The memory table's rows, one per category (``schema.memory.CATEGORIES``, in that order).
@@ -81,12 +83,18 @@ def render_plan(plan: Plan, console: Console) -> None:
             (f"{plan.inputs.model}", "bold cyan"),
             f" · {method}{lora} · {where}\n",
             f"micro batch {spec.micro_batch_size} × seq {spec.seq_len} (grad accum {spec.grad_accum}) · {spec.precision} · "
-            f"{spec.optimizer} · {'FSDP2' if spec.sharding == 'fsdp2' else f'ZeRO-{spec.zero_stage}'} offload={spec.offload} · "
+            f"{spec.optimizer} · {_engine(spec)} offload={spec.offload} · "
             f"grad ckpt {'on' if spec.grad_ckpt else 'off'} · attention {spec.attention}",
         )
     )
+    if plan.stack is not None:
+        st = plan.stack
+        line = f"Stack: {st.name} ({st.title})"
+        if st.auto:
+            line += " · auto from " + ", ".join(f"{k} {v}" for k, v in st.versions.items())
+        console.print(Text(line, style="dim"))
 
-    from_files = {k: v for k, v in plan.settings_sources.items() if v != "default" and not v.startswith("--")}
+    from_files = {k: v for k, v in plan.settings_sources.items() if v != "default" and not v.startswith(("--", "stack "))}
     if from_files:
         files: dict[str, list[str]] = {}
         for field, source in from_files.items():
@@ -348,6 +356,29 @@ def render_rows(rows: list, console: Console, kind: str, limit: int = 40) -> Non
             f"Cheapest: {best.hardware} x{best.nodes} node(s), micro batch {best.micro_batch}: "
             f"USD {best.usd_per_epoch:,.2f} per epoch, {best.plan.time_cost.seconds_per_epoch / 3600:.2f} h."
         )
+
+
+def _engine(spec: TrainingSpec) -> str:
+    """The sharding engine as the plan's header names it."""
+    if spec.sharding == "ddp":
+        return "DDP" if spec.gpus_per_node * spec.nodes > 1 else "one GPU"
+    return spec.sharding.upper() if spec.sharding != "deepspeed" else f"ZeRO-{spec.zero_stage}"
+
+
+def render_stacks(stacks: tuple[StackProfile, ...], console: Console) -> None:
+    """``plan list stacks``: each profile's behaviours (values; the sources are in the files and
+    in a plan's ``--json``)."""
+    from planner.schema.stack import BEHAVIOURS
+
+    t = Table(title="Training stacks (--stack NAME; every behaviour is also an option)")
+    t.add_column("behaviour")
+    for st in stacks:
+        t.add_column(st.name)
+    for b in BEHAVIOURS:
+        t.add_row(b, *(str(st.value(b, "-")) for st in stacks))
+    console.print(t)
+    for st in stacks:
+        console.print(Text.assemble((st.name, "bold"), f": {st.title}. {st.description}"))
 
 
 def render_models(models: tuple[Architecture, ...], console: Console) -> None:

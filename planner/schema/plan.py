@@ -174,6 +174,23 @@ class CalibrationInfo(_Out):
     )
 
 
+class StackBehaviourOut(_Out):
+    value: bool | int | str = Field(description="The behaviour's value in the plan's spec.")
+    source: str = Field(
+        description="Why: the library source the profile cites, the option or file key that set it, or what `--stack auto` read."
+    )
+
+
+class StackInfo(_Out):
+    name: str = Field(description="The stack profile planned for (data/stacks/<name>.json).")
+    title: str
+    auto: bool = Field(description="Chosen by `--stack auto` from the installed versions.")
+    behaviours: dict[str, StackBehaviourOut] = Field(
+        description="Every behaviour of the profile (docs/stacks.md) with its value and source."
+    )
+    versions: dict[str, str] = Field(description="Library versions: installed ones (auto), else those the profile was read at.")
+
+
 class StepParts(_Out):
     compute_s: float = Field(description="Matmuls at the calibrated fraction of peak (all micro-steps).")
     communication_s: float = Field(description="ZeRO / data-parallel collectives not hidden behind compute.")
@@ -227,3 +244,4 @@ class Plan(_Out):
         description="Where each setting came from: an option ('--zero'), a file and key ('ds.json: zero_optimization.stage') or 'default'.",
     )
     settings_ignored: list[str] = Field(default_factory=list, description="Keys of the configuration files read but not modelled.")
+    stack: StackInfo | None = Field(default=None, description="The training stack the plan assumed (--stack; docs/stacks.md).")

@@ -170,7 +170,7 @@ class Measurement(_Strict):
     kind: Literal["trace", "run", "published"]
     model: str = Field(description="Catalog name of the architecture.")
     spec: TrainingSpec
-    sharding: Literal["none", "fsdp2", "deepspeed"] = "none"
+    sharding: Literal["none", "fsdp2", "fsdp1", "deepspeed"] = "none"
     tool: str = Field(description="What measured it, e.g. 'harness trace (FakeTensorMode + MemTracker)'.")
     versions: dict[str, str]
     command: str

@@ -19,7 +19,19 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from planner.errors import PlannerError
-from planner.schema.spec import AdapterDtype, Attention, EmbeddingSave, Method, Offload, Optimizer, Precision, Sharding
+from planner.schema.spec import (
+    AdamwImpl,
+    AdapterDtype,
+    Attention,
+    EmbeddingSave,
+    LossPath,
+    Method,
+    Offload,
+    Optimizer,
+    Precision,
+    QloraPrep,
+    Sharding,
+)
 
 
 def option(
@@ -59,8 +71,17 @@ class PlanRequest(BaseModel):
     seq_len: int = option(512, "--seq-len", "-s", ge=1)
     grad_accum: int = option(1, "--grad-accum", ge=1)
     zero: int = option(3, "--zero", help="DeepSpeed ZeRO stage 0-3.", ge=0, le=3)
+    stack: str | None = option(
+        None,
+        "--stack",
+        help="The training stack whose behaviours to plan: deepspeed (default), hf-trainer, accelerate-fsdp, fsdp2, lightning, "
+        "torchtune, custom-loop, or auto (from the installed library versions); see `plan list stacks`. Options given win.",
+    )
     sharding: Sharding = option(
-        "deepspeed", "--sharding", help="What shards at --zero 3: DeepSpeed ZeRO-3 or PyTorch FSDP2 (fully_shard)."
+        "deepspeed",
+        "--sharding",
+        help="The engine that holds the model: DeepSpeed ZeRO, PyTorch FSDP2 (fully_shard), FSDP1 (FULL_SHARD), or ddp (none: one GPU "
+        "or torch DDP). Default: the stack's.",
     )
     offload: Offload = option("optimizer", "--offload")
     grad_ckpt: bool = option(True, "--grad-ckpt/--no-grad-ckpt")
@@ -81,6 +102,26 @@ class PlanRequest(BaseModel):
         "auto", "--save-embedding-layers", help="Which embedding layers the adapter carries in full (see README)."
     )
     double_quant: bool = option(True, "--double-quant/--no-double-quant", help="QLoRA double quantization.")
+    loss_path: LossPath | None = option(
+        None, "--loss-path", help="How the logits become the loss (transformers >=4.49 / 4.46-4.48 / <=4.45). Default: the stack's."
+    )
+    keep_outputs: bool | None = option(
+        None, "--keep-outputs/--no-keep-outputs", help="The loop keeps the model output (logits) alive through backward."
+    )
+    qlora_prep: QloraPrep | None = option(
+        None, "--qlora-prep", help="QLoRA preparation: peft prepare_model_for_kbit_training, + TRL's bf16 casts, or none."
+    )
+    bnb_keeps_input: bool | None = option(
+        None, "--bnb-keeps-input/--no-bnb-keeps-input", help="bitsandbytes < 0.43.2: every frozen 4-bit linear keeps its input."
+    )
+    ddp_grad_copy: bool | None = option(
+        None, "--ddp-grad-copy/--no-ddp-grad-copy", help="torch DDP buckets copy the gradients (gradient_as_bucket_view=False)."
+    )
+    adamw_impl: AdamwImpl | None = option(None, "--adamw-impl", help="torch AdamW: foreach (a state-sized scratch) or fused.")
+    autocast: bool | None = option(None, "--autocast/--no-autocast", help="The forward runs under torch.autocast(bf16) over bf16 weights.")
+    quantize_lm_head: bool | None = option(
+        None, "--quantize-lm-head/--no-quantize-lm-head", help="The 4-bit plugin quantizes lm_head too (Lightning's)."
+    )
     deepspeed: str | None = option(
         None,
         "--deepspeed",
@@ -101,9 +142,7 @@ class PlanRequest(BaseModel):
     stage3_param_persistence_threshold: int | None = option(
         None, "--stage3-param-persistence-threshold", help="ZeRO-3, elements (default 10*h, HF's auto).", ge=0
     )
-    stage3_max_live_parameters: int | None = option(
-        None, "--stage3-max-live-parameters", help="ZeRO-3, elements (default 1e9).", ge=1
-    )
+    stage3_max_live_parameters: int | None = option(None, "--stage3-max-live-parameters", help="ZeRO-3, elements (default 1e9).", ge=1)
     stage3_max_reuse_distance: int | None = option(None, "--stage3-max-reuse-distance", help="ZeRO-3, elements (default 1e9).", ge=0)
     sub_group_size: int | None = option(None, "--sub-group-size", help="ZeRO-3 optimizer sub-group, elements (default 1e9).", ge=1)
     overlap_comm: bool | None = option(None, "--overlap-comm/--no-overlap-comm", help="DeepSpeed overlap_comm (default on).")
@@ -131,7 +170,7 @@ class PlanRequest(BaseModel):
     max_nodes: int = option(1, "--max-nodes", help="plan cheapest: try 1..N nodes of each instance.", ge=1, le=64)
 
     @field_validator("method", "sharding", "offload", "attention", "precision", "optimizer", "adapter_dtype", "save_embedding_layers",
-                     mode="before")  # fmt: skip
+                     "stack", "loss_path", "qlora_prep", "adamw_impl", mode="before")  # fmt: skip
     @classmethod
     def _choice_any_case(cls, v: Any) -> Any:
         return v.lower() if isinstance(v, str) else v
@@ -226,3 +265,17 @@ FIELD_OPTION = {
     "lora_targets": "lora_targets",
     "modules_to_save": "modules_to_save",
 }
+
+#: The stack behaviours that are ``TrainingSpec`` fields of the same name and have an option
+#: each (``sharding``, ``zero``, ``offload``, ``precision`` and ``adapter_dtype`` are options
+#: of their own above); ``None`` in a request means "the stack's".
+BEHAVIOUR_FIELDS = (
+    "loss_path",
+    "keep_outputs",
+    "qlora_prep",
+    "bnb_keeps_input",
+    "ddp_grad_copy",
+    "adamw_impl",
+    "autocast",
+    "quantize_lm_head",
+)

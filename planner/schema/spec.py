@@ -14,7 +14,18 @@ Precision = Literal["bf16-mixed", "amp-bf16", "bf16", "fp16-mixed", "fp32"]
 Optimizer = Literal["adamw", "adamw8bit", "sgd"]
 Attention = Literal["eager", "sdpa", "flash"]
 Offload = Literal["none", "optimizer", "all"]
-Sharding = Literal["deepspeed", "fsdp2"]
+#: The engine that holds (and shards) the model: DeepSpeed ZeRO, PyTorch FSDP2 (``fully_shard``),
+#: PyTorch FSDP1 (``FullyShardedDataParallel``, FULL_SHARD), or none of them ("ddp": one GPU, or
+#: torch DistributedDataParallel over several).
+Sharding = Literal["deepspeed", "fsdp2", "fsdp1", "ddp"]
+#: How the logits become the loss (``planner/formulas/activations.py`` ``loss_bytes``):
+#: transformers >= 4.49 pads the labels, 4.46-4.48 makes a contiguous fp32 shifted copy,
+#: <= 4.45 returns fp32 logits and shifts them.
+LossPath = Literal["padded-labels", "shift-fp32-copy", "fp32-logits"]
+#: How a QLoRA model was prepared: nothing, peft ``prepare_model_for_kbit_training`` (every
+#: non-quantized parameter fp32), or that and TRL's ``peft_module_casting_to_bf16``.
+QloraPrep = Literal["none", "peft", "trl"]
+AdamwImpl = Literal["foreach", "fused"]
 AdapterDtype = Literal["auto", "fp32", "bf16", "fp16"]
 EmbeddingSave = Literal["auto", "targets", "full", "rows", "none"]
 
@@ -77,17 +88,45 @@ class TrainingSpec(BaseModel):
     save_embedding_layers: EmbeddingSave = "auto"
     qlora_double_quant: bool = True
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+    # -- behaviours of the training stack (``data/stacks/*.json``; docs/stacks.md) -------------
+    loss_path: LossPath = "padded-labels"
+    #: the training loop keeps the model's output (the logits) alive through ``backward()``
+    keep_outputs: bool = False
+    qlora_prep: QloraPrep = "peft"
+    #: bitsandbytes < 0.43.2: ``MatMul4Bit`` keeps its input for backward whatever needs a
+    #: gradient (``ctx.tensors = (A, B)``; fixed in bitsandbytes PR #1270)
+    bnb_keeps_input: bool = False
+    #: torch DDP with ``gradient_as_bucket_view=False`` (its default): the reducer's buckets are
+    #: a second copy of the gradients (more than one rank)
+    ddp_grad_copy: bool = True
+    adamw_impl: AdamwImpl = "foreach"
+    #: the forward runs under ``torch.autocast(bf16)`` with bf16 weights too (HF Trainer /
+    #: accelerate ``mixed_precision="bf16"`` on a model loaded in bf16); amp-bf16 always does
+    autocast: bool = False
+    #: the 4-bit plugin quantizes lm_head too (Lightning's ``BitsandbytesPrecision``)
+    quantize_lm_head: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainingSpec":
-        if self.sharding == "fsdp2":
-            fsdp = "FSDP2 (--sharding fsdp2; harness: --world-size above 1)"
+        if self.sharding in ("fsdp2", "fsdp1"):
+            # FSDP1 (FULL_SHARD, one unit per decoder layer) is planned with FSDP2's composition
+            # (docs/stacks.md lists what of FSDP1's FlatParameters is not modelled yet)
+            fsdp = "FSDP2 (--sharding fsdp2; harness: --world-size above 1)" if self.sharding == "fsdp2" else "FSDP1 (--sharding fsdp1)"
             if self.zero_stage != 3 or self.offload != "none":
                 raise ValueError(f"{fsdp} is planned as full sharding (--zero 3) without offload (--offload none)")
             if self.precision not in ("bf16", "bf16-mixed"):
                 raise ValueError(f"{fsdp} is modelled for --precision bf16 and bf16-mixed")
             if self.optimizer != "adamw" or self.method == "qlora":
                 raise ValueError(f"{fsdp} is modelled for --method full or lora with --optimizer adamw")
+        if self.sharding == "ddp":
+            engine = "torch DDP / one GPU (--sharding ddp)"
+            if self.zero_stage != 0 or self.offload != "none":
+                raise ValueError(f"{engine} runs without DeepSpeed: it goes with --zero 0 and --offload none")
+            if self.precision in ("bf16-mixed", "fp16-mixed"):
+                raise ValueError(
+                    f"--precision {self.precision} (16-bit weights with fp32 master copies) is DeepSpeed's; "
+                    f"{engine} trains with amp-bf16 (fp32 weights under autocast), bf16 or fp32"
+                )
         if self.offload == "all" and self.zero_stage != 3:
             raise ValueError("--offload all (parameters to CPU) needs --zero 3")
         if self.offload == "optimizer" and self.zero_stage == 0:
@@ -101,7 +140,7 @@ class TrainingSpec(BaseModel):
             both = set(self.lora_targets) & set(self.modules_to_save)
             if both:
                 raise ValueError(f"{sorted(both)[0]} cannot be both a LoRA target and in modules_to_save")
-        if self.offload != "none" and self.optimizer != "adamw":
+        if self.offload != "none" and self.optimizer != "adamw" and self.sharding == "deepspeed":
             raise ValueError(
                 f"--offload {self.offload} steps the optimizer on the CPU with DeepSpeedCPUAdam; "
                 f"--optimizer {self.optimizer} needs --offload none"

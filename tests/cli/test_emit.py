@@ -29,9 +29,12 @@ def _plan(capsys, *args: str) -> dict:
 
 def _resolved(plan: dict) -> dict:
     """The plan with its DeepSpeed sizes resolved to elements (an emitted file writes Hugging
-    Face's "auto" values out) and without the record of where settings came from."""
+    Face's "auto" values out) and without the record of where settings came from (the stack's
+    behaviours keep their values, not their sources)."""
     plan = dict(plan)
     plan.pop("settings_sources"), plan.pop("settings_ignored")
+    stack = plan.pop("stack")
+    plan["stack_values"] = {k: b["value"] for k, b in stack["behaviours"].items()}, stack["name"]
     spec = dict(plan["inputs"]["spec"])
     from planner.schema.spec import DeepSpeedConfig
 

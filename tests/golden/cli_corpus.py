@@ -205,6 +205,15 @@ def _plan_cases() -> Iterator[list[str]]:
     yield ["--model", "7b", "--method", "lora", "--instance", "p4de.24xlarge", "--emit", "{tmp}/emit_lora"]
     yield ["--model", "70b", "--method", "full", "--instance", "p4de.24xlarge", "--nodes", "2", "--emit", "{tmp}/emit_full"]
     yield ["--model", "7b", "--method", "qlora", "--gpu", "a100-80gb", "--zero", "0", "--offload", "none", "--emit", "{tmp}/emit_qlora"]
+    # training stacks (data/stacks/): each profile, one behaviour over a profile, several ranks
+    for stack in ("deepspeed", "hf-trainer", "accelerate-fsdp", "fsdp2", "lightning", "torchtune", "custom-loop"):
+        yield ["--model", "7b", "--method", "lora", "--gpu", "a100-80gb", "--stack", stack, "--batch-size", "2"]
+    a100 = ["--model", "7b", "--gpu", "a100-80gb"]
+    yield [*a100, "--method", "qlora", "--stack", "hf-trainer", "--batch-size", "4", "--seq-len", "1024"]
+    yield [*a100, "--method", "qlora", "--stack", "lightning", "--batch-size", "4", "--no-grad-ckpt"]
+    yield [*a100, "--method", "lora", "--gpus", "4", "--stack", "hf-trainer", "--loss-path", "fp32-logits"]
+    yield ["--model", "7b", "--method", "full", "--gpu", "h100", "--gpus", "8", "--stack", "hf-trainer", "--no-ddp-grad-copy"]
+    yield [*a100, "--method", "lora", "--stack", "hf-trainer", "--adamw-impl", "fused", "--emit", "{tmp}/emit_ddp"]
 
 
 def _compare_cases() -> Iterator[list[str]]:
@@ -323,6 +332,12 @@ def _error_cases() -> Iterator[list[str]]:
     yield ["cheapest", "--model", "7b", "--max-nodes", "65"]
     yield ["cheapest", "--model", "7b", "--emit", "{tmp}/e"]
     yield ["cheapest", "--model", "70b", "--method", "full", "--gpu", "t4", "--precision", "fp16-mixed"]
+    yield ["--model", "7b", *hw, "--stack", "nope"]
+    yield ["--model", "7b", *hw, "--stack", "hf-trainer", "--zero", "3"]
+    yield ["--model", "7b", *hw, "--stack", "hf-trainer", "--deepspeed", DS13]
+    yield ["--model", "7b", *hw, "--stack", "fsdp2", "--sharding", "deepspeed"]
+    yield ["--model", "7b", *hw, "--ddp-grad-copy"]
+    yield ["list", "stacks"]
     yield ["list", "nothing"]
     yield ["list"]
 

@@ -94,7 +94,7 @@ def test_a_hand_edited_field_is_named(tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--sharding", "fsdp2"], "--offload none"),
+        (["--sharding", "fsdp2", "--offload", "all"], "--offload none"),
         (["--sharding", "fsdp2", "--offload", "none", "--precision", "fp32"], "bf16"),
         (["--sharding", "fsdp2", "--offload", "none", "--zero", "2"], "--zero 3"),
     ],
