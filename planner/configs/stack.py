@@ -121,9 +121,11 @@ def resolve_stack(
     out = dict(fields)
     sources: dict[str, str] = {}
     engine = profile.value("sharding")
-    if stack is not None and "sharding" in given and fields["sharding"] != engine:
+    other_engine = "sharding" in given and fields["sharding"] != engine
+    if stack is not None and other_engine and fields["sharding"] not in profile.engines:
+        runs = " or ".join([engine, *profile.engines])
         raise PlannerError(
-            f"{given['sharding']} {fields['sharding']} contradicts {label}, which runs {engine}; drop one (see `plan list stacks`)"
+            f"{given['sharding']} {fields['sharding']} contradicts {label}, which runs {runs}; drop one (see `plan list stacks`)"
         )
     for behaviour, b in profile.behaviours.items():
         field = SPEC_FIELD.get(behaviour, behaviour)
@@ -137,6 +139,10 @@ def resolve_stack(
         else:
             out[field] = b.value
             sources[behaviour] = b.source
+    zero_field = SPEC_FIELD.get("zero", "zero")
+    if other_engine and zero_field not in given:  # another engine of the stack: its own stage
+        out[zero_field] = 3 if str(fields["sharding"]).startswith("fsdp") else 0
+        sources["zero"] = f"{given['sharding']} {fields['sharding']} (FULL_SHARD)" if out[zero_field] == 3 else f"{given['sharding']} ddp"
     for field, value in behaviour_options.items():  # behaviours the profile leaves at the spec's default
         if value is not None and field not in sources:
             out[field] = value

@@ -146,7 +146,21 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
     # one flat buffer allocated at init (stage3.py ``grad_partitions_flat_buffer``, on the GPU
     # unless the optimizer is offloaded); with gradient accumulation the summed gradients of
     # earlier micro batches stay allocated through the next ones.
+    # FSDP: one decoder layer's gradient as held (the gradient dtype); an FSDP1 unit that mixes
+    # frozen and LoRA weights under use_orig_params has a gradient of its whole FlatParameter.
+    layer_grad_held = pc.grad_bytes_per_layer
+    grad_elem = dt.grad if spec.method == "full" else adapter_bytes_per_elem(spec)
+    if fsdp is not None:
+        layer_grad_held = fsdp.layer_grad * grad_elem // dt.act
+        grads_all = ceil_div(pc.grad_bytes_total + L * (layer_grad_held - pc.grad_bytes_per_layer), n)
     standing = grads_all if (spec.grad_accum > 1 or (zero == 3 and fsdp is None)) else 0
+    if fsdp is not None and spec.sharding == "fsdp1" and spec.fsdp_no_sync and spec.grad_accum > 1 and n > 1:
+        # Accumulation under FSDP1's no_sync(): the post-backward hook returns before the
+        # reduce-scatter (torch/distributed/fsdp/_runtime_utils.py ``_post_backward_hook``), so
+        # every unit's unsharded gradient (compute dtype) stays from the first micro batch's
+        # backward until the sync micro batch reduces it ("FSDP will accumulate the full model
+        # gradients (instead of gradient shards) until the eventual sync", FSDP.no_sync).
+        standing = L * fsdp.layer_grad + fsdp.root_grad_all
 
     # Reduce buckets: allocated whole (reduce_bucket_size elements), for ZeRO-3 at init; one
     # GPU reduces nothing under ZeRO 0/3, but ZeRO 1/2 allocate theirs at the start of every
@@ -304,7 +318,8 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
     # the logits die with the forward; log_softmax keeps its fp32 output for backward. A loop
     # that keeps ``outputs`` (``keep_outputs``) holds the logits through the whole backward.
     logits = act.total([x for x in model_items if x.name == "logits"])
-    kept_logits = logits if spec.keep_outputs else 0
+    returned = spec.tokens_per_micro_batch * prm.vocab(arch, spec.added_tokens) * act.returned_logits_elem_bytes(spec, dt)
+    kept_logits = returned if spec.keep_outputs else 0
     saved_model = model_bytes - logits + kept_logits
     # Inside the layers' backward the head's saved tensors (final norm, lm_head input,
     # log-probabilities) are gone; what the embedding end keeps stays.
@@ -339,10 +354,12 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
         next one starts); lm_head's gradient and this layer's (in the compute dtype)
         unsharded until their reduce-scatter."""
         assert fsdp is not None
-        grad_elem = dt.grad if spec.method == "full" else adapter_bytes_per_elem(spec)
-        reduced = ceil_div(pc.grad_bytes_per_layer, n) if k < L else 0
-        sharded = max(ceil_div((L - k) * pc.grad_bytes_per_layer, n) - reduced, standing)
-        grads = sharded + fsdp.root_grad + layer_grads * dt.act // grad_elem
+        reduced = ceil_div(layer_grad_held, n) if k < L else 0
+        sharded = max(ceil_div((L - k) * layer_grad_held, n) - reduced, standing)
+        # this layer's gradient in the compute dtype, as far as it is made (a whole FlatParameter
+        # gets its gradient once every view's is made: at the layer's end)
+        current = fsdp.layer_grad if layer_grads == layer_grad_held else layer_grads * dt.act // grad_elem
+        grads = sharded + fsdp.root_grad + current
         return Split(resident + fsdp.root + fsdp.layer, grads, opt, acts, fsdp.layer + fsdp.reduce_scatter + reduced + dequant + temps)
 
     def recompute_end(k: int) -> Split:
@@ -382,14 +399,14 @@ def gpu_memory(arch: Architecture, spec: TrainingSpec, cal: Calibration) -> GpuM
     else:
         # the root's backward ends: a tied embedding's contributions summed (the bottom layer's
         # reduce-scatter input still held), then every root gradient unsharded next to its own
-        layers_sharded = max(ceil_div(L * pc.grad_bytes_per_layer, n), standing)
+        layers_sharded = max(ceil_div(L * layer_grad_held, n), standing)
         resid_grad = dt.resid * spec.tokens_per_micro_batch * arch.hidden_size
         moments = [
             Split(resident + fsdp.root, standing, opt, loss_acts, fsdp.layer + loss_grads),
             *layer_moments_all,
             # the end of a layer's backward: all its gradients made, its saved tensors freed
-            fsdp_backward(1, below, resid_grad, pc.grad_bytes_per_layer),
-            fsdp_backward(L, (L - 1) * per_layer_saved + below, resid_grad, pc.grad_bytes_per_layer),
+            fsdp_backward(1, below, resid_grad, layer_grad_held),
+            fsdp_backward(L, (L - 1) * per_layer_saved + below, resid_grad, layer_grad_held),
             Split(resident + fsdp.root, layers_sharded + fsdp.root_grad, opt, 0, 3 * tied + fsdp.reduce_scatter),
             Split(resident + fsdp.root, layers_sharded + fsdp.root_grad_all, opt, 0, fsdp.root_reduce_scatter),
         ]

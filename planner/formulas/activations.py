@@ -98,8 +98,13 @@ def keeps_every_linear_input(spec: TrainingSpec) -> bool:
     model's construction in it under ZeRO-3) with ``LinearFunctionForZeroStage3``, whose
     ``setup_context`` saves input, weight and bias whatever needs a gradient
     (deepspeed/runtime/zero/linear.py): a frozen linear keeps its input too. bitsandbytes'
-    4-bit layers do not go through ``F.linear``."""
-    return spec.zero_stage == 3 and spec.sharding == "deepspeed" and spec.method != "qlora" and spec.deepspeed.memory_efficient_linear
+    4-bit layers do not go through ``F.linear``, but before bitsandbytes 0.43.2 their
+    ``MatMul4Bit.forward`` (bitsandbytes/autograd/_functions.py) sets ``ctx.tensors = (A, B)``
+    whenever the input needs a gradient, though its backward needs only the weight (fixed in
+    PR #1270: ``(None, B)``): every frozen 4-bit projection keeps its input (``bnb_keeps_input``)."""
+    if spec.method == "qlora":
+        return spec.bnb_keeps_input
+    return spec.zero_stage == 3 and spec.sharding == "deepspeed" and spec.deepspeed.memory_efficient_linear
 
 
 def _rms_norm(prefix: str, trainable: bool, dt: Dtypes, tokens: int, h: int) -> list[Saved]:
@@ -236,7 +241,9 @@ def model_level_saved(arch: Architecture, spec: TrainingSpec, dt: Dtypes, full_m
     elif spec.attention == "sdpa" and spec.padding_mask:
         out.append(Saved("causal_mask", 1 * b * s * s))  # boolean mask (b, 1, s, s)
     out += _rms_norm("final_norm", spec.method == "full", dt, tokens, h)
-    frozen_head_kept = keeps_every_linear_input(spec) and "lm_head" not in spec.lora_targets
+    # a frozen lm_head keeps its input under ZeRO-3's linear, or as a 4-bit layer that keeps it
+    head_keeps = spec.quantize_lm_head if spec.method == "qlora" else True
+    frozen_head_kept = keeps_every_linear_input(spec) and head_keeps and "lm_head" not in spec.lora_targets
     if spec.method == "full" or "lm_head" in spec.modules_to_save or frozen_head_kept:
         out.append(Saved("lm_head.input", dt.resid * tokens * h))
     elif "lm_head" in spec.lora_targets:
@@ -252,11 +259,19 @@ def model_level_saved(arch: Architecture, spec: TrainingSpec, dt: Dtypes, full_m
 
 
 def logits_elem_bytes(spec: TrainingSpec, dt: Dtypes) -> int:
-    """Bytes per element of the logits the model returns: the compute dtype, or fp32 when
-    transformers <= 4.45 upcasts them in ``LlamaForCausalLM.forward`` (``logits = logits.float()``,
-    ``loss_path`` ``fp32-logits``) or accelerate's ``convert_outputs_to_fp32`` hands them back
-    under autocast."""
-    return 4 if (autocast_on(spec) or spec.loss_path == "fp32-logits") else dt.act
+    """Bytes per element of the logits the loss is made from: lm_head's output in the compute
+    dtype (under autocast too: ``nn.Linear`` runs in bf16 and transformers computes the loss
+    inside ``forward``, before accelerate's ``convert_outputs_to_fp32`` sees the output), or
+    fp32 when transformers <= 4.45 upcasts them in ``LlamaForCausalLM.forward``
+    (``logits = logits.float()``, ``loss_path`` ``fp32-logits``)."""
+    return 4 if spec.loss_path == "fp32-logits" else dt.act
+
+
+def returned_logits_elem_bytes(spec: TrainingSpec, dt: Dtypes) -> int:
+    """Bytes per element of the logits the model hands back to the loop: under autocast
+    accelerate's ``convert_outputs_to_fp32`` (``utils/operations.py``, wrapped around
+    ``forward`` by ``Accelerator.prepare_model``) returns them fp32."""
+    return 4 if autocast_on(spec) else logits_elem_bytes(spec, dt)
 
 
 def loss_forward_transient(arch: Architecture, spec: TrainingSpec, dt: Dtypes) -> int:

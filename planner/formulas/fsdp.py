@@ -26,6 +26,7 @@ class Fsdp2Terms(NamedTuple):
 
     root: int
     layer: int
+    layer_grad: int  # one unit's unsharded gradient in the compute dtype
     reduce_scatter: int
     root_grad: int  # held through the layers' backward (lm_head, final norm; not a tied embedding)
     root_grad_all: int  # every root gradient at the end of backward (embedding included)
@@ -57,10 +58,17 @@ def fsdp2_terms(arch: Architecture, spec: TrainingSpec) -> Fsdp2Terms:
             embed += prm.lora_module_params(arch, "embed_tokens", spec.lora_rank, spec.added_tokens)
         root_elems += head + embed
         root_grad_elems, root_all = head, head + embed
+        if spec.sharding == "fsdp1" and spec.fsdp_flat_grads:
+            # use_orig_params=True with frozen and LoRA weights in one unit: the original
+            # parameters are views of the FlatParameter, so autograd gives the whole flat
+            # parameter a gradient (zeros where frozen), reduce-scattered and sharded whole
+            # (torch/distributed/fsdp/_flat_param.py FlatParamHandle; docs/stacks.md)
+            layer_grad_elems = layer_elems
     reduce_bytes = 4 if spec.precision == "bf16-mixed" else dt.act
     return Fsdp2Terms(
         root=root_elems * dt.act,
         layer=layer_elems * dt.act,
+        layer_grad=layer_grad_elems * dt.act,
         reduce_scatter=layer_grad_elems * reduce_bytes,
         root_grad=root_grad_elems * dt.act,
         root_grad_all=root_all * dt.act,

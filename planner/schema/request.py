@@ -122,6 +122,14 @@ class PlanRequest(BaseModel):
     quantize_lm_head: bool | None = option(
         None, "--quantize-lm-head/--no-quantize-lm-head", help="The 4-bit plugin quantizes lm_head too (Lightning's)."
     )
+    fsdp_no_sync: bool | None = option(
+        None, "--fsdp-no-sync/--no-fsdp-no-sync", help="FSDP1 accumulates under no_sync(): unsharded gradients until the sync step."
+    )
+    fsdp_flat_grads: bool | None = option(
+        None,
+        "--fsdp-flat-grads/--no-fsdp-flat-grads",
+        help="An FSDP1 unit's gradient spans its whole FlatParameter, frozen weights too (use_orig_params, mixed units).",
+    )
     deepspeed: str | None = option(
         None,
         "--deepspeed",
@@ -278,4 +286,6 @@ BEHAVIOUR_FIELDS = (
     "adamw_impl",
     "autocast",
     "quantize_lm_head",
+    "fsdp_no_sync",
+    "fsdp_flat_grads",
 )

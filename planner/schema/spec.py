@@ -105,6 +105,12 @@ class TrainingSpec(BaseModel):
     autocast: bool = False
     #: the 4-bit plugin quantizes lm_head too (Lightning's ``BitsandbytesPrecision``)
     quantize_lm_head: bool = False
+    #: FSDP1 gradient accumulation under ``no_sync()``: the unsharded gradients stay until the
+    #: sync micro batch (torch ``_runtime_utils._post_backward_hook`` returns early)
+    fsdp_no_sync: bool = False
+    #: an FSDP1 unit's gradient is its whole FlatParameter, frozen weights included
+    #: (``use_orig_params=True`` with frozen and trainable weights in one unit)
+    fsdp_flat_grads: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainingSpec":

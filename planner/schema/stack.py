@@ -28,6 +28,8 @@ BEHAVIOURS: dict[str, str] = {
     "ddp_grad_copy": "torch DDP's buckets hold a second copy of the gradients (gradient_as_bucket_view=False)",
     "adamw_impl": "torch AdamW's implementation: foreach (a state-sized scratch) or fused (none)",
     "quantize_lm_head": "the 4-bit plugin quantizes lm_head too",
+    "fsdp_no_sync": "FSDP1 gradient accumulation under no_sync(): unsharded gradients held until the sync micro batch",
+    "fsdp_flat_grads": "an FSDP1 unit's gradient is its whole FlatParameter, frozen weights included (use_orig_params=True, mixed units)",
 }
 
 #: Packages whose installed versions ``--stack auto`` reads (package metadata, no import).
@@ -53,6 +55,9 @@ class StackProfile(BaseModel):
     description: str
     versions: dict[str, str] = Field(description="The library versions the profile's behaviours were read at (package -> version range).")
     behaviours: dict[str, Behaviour]
+    engines: list[str] = Field(
+        default=[], description="Other sharding engines the stack also runs (given with --sharding), beside its behaviour 'sharding'."
+    )
     as_of: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
 
     @model_validator(mode="after")

@@ -79,6 +79,68 @@ def test_ddp_buckets_copy_every_gradient_over_several_ranks():
     assert two.phases["backward"].total - one.phases["backward"].total == grads
 
 
+def test_under_autocast_the_loss_is_made_from_bf16_logits_and_the_loop_gets_fp32_ones():
+    """transformers computes the loss inside forward from lm_head's bf16 output (autocast runs
+    nn.Linear in bf16): logits 2 + upcast 4 + log_softmax 4; accelerate's convert_outputs_to_fp32
+    then hands the loop fp32 logits (4 T V kept by a loop that keeps outputs)."""
+    s = spec(autocast=True)
+    dt = spec_dtypes(s)
+    assert act.logits_elem_bytes(s, dt) == 2 and act.loss_forward_transient(TINY, s, dt) == 4 * T * V
+    assert act.returned_logits_elem_bytes(s, dt) == 4 and act.returned_logits_elem_bytes(spec(), dt) == 2
+    kept, dropped = (gpu_memory(TINY, spec(autocast=True, keep_outputs=k), CAL) for k in (True, False))
+    assert kept.phases["backward"].total - dropped.phases["backward"].total == 4 * T * V
+    assert act.logits_elem_bytes(spec(autocast=True, loss_path="fp32-logits"), dt) == 4
+
+
+def test_old_bitsandbytes_keeps_every_frozen_4bit_projections_input():
+    """bitsandbytes < 0.43.2 MatMul4Bit saves its input A: q/k/v's (one tensor, T x h), gate/up's
+    (T x h) and down's (T x I) in bf16 per layer; o_proj reads SDPA's output, already kept. A
+    quantized lm_head keeps the final norm's output (T x h)."""
+    layer = {}
+    for keeps in (True, False):
+        s = spec(method="qlora", qlora_prep="none", bnb_keeps_input=keeps, grad_ckpt=False)
+        layer[keeps] = act.total(act.layer_inventory(TINY, s, spec_dtypes(s)))
+    assert layer[True] - layer[False] == 2 * T * 8 + 2 * T * 8 + 2 * T * 16
+    s = spec(method="qlora", qlora_prep="none", bnb_keeps_input=True, quantize_lm_head=True)
+    head = {x.name: x.bytes for x in act.model_level_saved(TINY, s, spec_dtypes(s))}
+    assert head["lm_head.input"] == 2 * T * 8
+    s = s.model_copy(update={"quantize_lm_head": False})  # a 16-bit frozen lm_head keeps nothing
+    assert "lm_head.input" not in {x.name for x in act.model_level_saved(TINY, s, spec_dtypes(s))}
+
+
+# --- FSDP1 gradient accumulation ---------------------------------------------------------------
+
+FSDP1 = {"sharding": "fsdp1", "zero_stage": 3, "gpus_per_node": 2, "grad_accum": 2, "adapter_dtype": "bf16"}
+
+
+def test_fsdp1_no_sync_holds_every_units_unsharded_gradient_and_flat_units_their_whole_size():
+    """TINY's decoder layer has 592 weights (q 64, k 32, v 32, o 64, gate/up/down 128 each, two
+    norms 8) and 56 LoRA elements (q 2*(8+8), v 2*(8+4)): a unit of 648, bf16 gradients."""
+    forward = {
+        (no_sync, flat): gpu_memory(TINY, spec(**FSDP1, fsdp_no_sync=no_sync, fsdp_flat_grads=flat), CAL).phases["forward"].gradients
+        for no_sync in (True, False)
+        for flat in (True, False)
+    }
+    assert forward[(True, True)] == 2 * 648 * 2  # Lightning: both layers' whole flat gradients, unsharded
+    assert forward[(True, False)] == 2 * 56 * 2  # peft's wrap policy: only the LoRA units', unsharded
+    assert forward[(False, True)] == 2 * 648 * 2 // 2  # synced every micro batch: the whole shards
+    assert forward[(False, False)] == 2 * 56 * 2 // 2  # the LoRA shards
+    # one micro batch per step: nothing is accumulated, whatever the loop does
+    single = spec(**{**FSDP1, "grad_accum": 1}, fsdp_no_sync=True, fsdp_flat_grads=True)
+    assert gpu_memory(TINY, single, CAL).phases["forward"].gradients == 0
+
+
+def test_lightning_runs_fsdp1_as_its_other_engine(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--model", "7b", "--gpu", "a100-40gb", "--gpus", "2", "--method", "lora", "--stack", "lightning", "--sharding", "fsdp1"]
+    assert main([*argv, "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    b = plan["stack"]["behaviours"]
+    assert plan["inputs"]["spec"]["zero_stage"] == 3 and b["zero"]["source"] == "--sharding fsdp1 (FULL_SHARD)"
+    assert b["fsdp_no_sync"]["value"] is True and b["fsdp_flat_grads"]["value"] is True
+    assert main(["--model", "7b", "--gpu", "a100-40gb", "--stack", "lightning", "--sharding", "fsdp2"]) == 2
+    assert "runs ddp or fsdp1" in capsys.readouterr().err
+
+
 # --- QLoRA preparation -------------------------------------------------------------------------
 
 
