@@ -375,7 +375,8 @@ def render_stacks(stacks: tuple[StackProfile, ...], console: Console) -> None:
     for st in stacks:
         t.add_column(st.name)
     for b in BEHAVIOURS:
-        t.add_row(b, *(str(st.value(b, "-")) for st in stacks))
+        # a stack's other engines (given with --sharding) beside its default one
+        t.add_row(b, *("/".join([str(st.value(b, "-")), *st.engines]) if b == "sharding" else str(st.value(b, "-")) for st in stacks))
     console.print(t)
     for st in stacks:
         console.print(Text.assemble((st.name, "bold"), f": {st.title}. {st.description}"))
