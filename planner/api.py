@@ -150,7 +150,9 @@ def _sources(c: _Common, spec: TrainingSpec) -> dict[str, str]:
     the default."""
     merged = c.merged
     out = {}
-    from_stack = {"zero_stage" if b == "zero" else b for b, src in c.stack.sources.items() if not src.startswith("--")}
+    from planner.configs.stack import SPEC_FIELD
+
+    from_stack = {SPEC_FIELD.get(b, b) for b, src in c.stack.sources.items() if not src.startswith("--")}
     for field in FIELD_OPTION:
         if merged is not None and merged.sources.get(field, "default") != "default":
             out[field] = merged.sources[field]

@@ -96,13 +96,16 @@ def _norm(name: str) -> str:
 T = TypeVar("T", bound=BaseModel)
 
 
+def _did_you_mean(key: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
 def _lookup(kind: str, name: str, index: dict[str, T]) -> T:
     key = _norm(name)
     if key in index:
         return index[key]
-    close = difflib.get_close_matches(key, list(index), n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise PlannerError(f"unknown {kind} {name!r}{hint} (see `plan list {kind}s`)")
+    raise PlannerError(f"unknown {kind} {name!r}{_did_you_mean(key, list(index))} (see `plan list {kind}s`)")
 
 
 def _index(records: list[T], names: Callable[[T], list[str]]) -> dict[str, T]:
@@ -367,8 +370,7 @@ def find_stack(name: str) -> StackProfile:
     key = _norm(name)
     names = stack_names()
     if key not in names:
-        close = difflib.get_close_matches(key, list(names), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = _did_you_mean(key, list(names))
         raise PlannerError(f"--stack: unknown stack {name!r}{hint} (choose from {', '.join(names)}, or auto; see `plan list stacks`)")
     return _stack_in(data_dir(), key)
 

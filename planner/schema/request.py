@@ -32,6 +32,7 @@ from planner.schema.spec import (
     QloraPrep,
     Sharding,
 )
+from planner.schema.stack import BEHAVIOURS
 
 
 def option(
@@ -275,17 +276,6 @@ FIELD_OPTION = {
 }
 
 #: The stack behaviours that are ``TrainingSpec`` fields of the same name and have an option
-#: each (``sharding``, ``zero``, ``offload``, ``precision`` and ``adapter_dtype`` are options
-#: of their own above); ``None`` in a request means "the stack's".
-BEHAVIOUR_FIELDS = (
-    "loss_path",
-    "keep_outputs",
-    "qlora_prep",
-    "bnb_keeps_input",
-    "ddp_grad_copy",
-    "adamw_impl",
-    "autocast",
-    "quantize_lm_head",
-    "fsdp_no_sync",
-    "fsdp_flat_grads",
-)
+#: each; ``None`` in a request means "the stack's". The others are options of their own above.
+OWN_OPTION_BEHAVIOURS = ("sharding", "zero", "offload", "precision", "adapter_dtype")
+BEHAVIOUR_FIELDS = tuple(b for b in BEHAVIOURS if b not in OWN_OPTION_BEHAVIOURS)
